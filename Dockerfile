@@ -1,0 +1,18 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LIVECHAIN_CONFIG=/app/config/livechain.toml \
+    LIVECHAIN_HTTP__HOST=0.0.0.0
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY feeds ./feeds
+COPY service ./service
+COPY config ./config
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /app livechain
+
+USER livechain
+EXPOSE 8080
+ENTRYPOINT ["livechain", "run"]

@@ -1,0 +1,1 @@
+"""DhanHQ v2: binary feed packets (sans-I/O codec), JSON requests, scrip master, client."""

@@ -1,0 +1,384 @@
+"""Dhan's detailed scrip master CSV → the option-chain skeleton (reference §7.3–§7.6).
+
+Only three kinds of rows matter; everything else is counted as ignored:
+
+* the underlying's index row: ``SEGMENT=I`` whose ``UNDERLYING_SYMBOL`` (or ``SYMBOL_NAME``
+  when blank) is a configured symbol, e.g. NIFTY → ``IDX_I`` 13;
+* its option rows: ``INSTRUMENT`` ``OPTIDX``/``OPTSTK`` with that ``UNDERLYING_SYMBOL``,
+  in ``NSE_FNO`` (``NSE`` + ``D``) or ``BSE_FNO`` (``BSE`` + ``D``).
+
+A malformed row of a configured underlying is counted and sampled in the ``LoadReport``, never
+fatal: one bad contract must not stop the service. A configured underlying left without an
+index row or without options is fatal (``InstrumentMasterError``), as are missing columns.
+
+``parse_scrip_master`` is pure; ``load_scrip_master`` fetches a path or an http(s) URL and
+parses in a worker thread, since ~200k rows take long enough to stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from yarl import URL
+
+from feeds.errors import InstrumentMasterError
+from feeds.model import (
+    ChainSkeleton,
+    ExpiryChain,
+    InstrumentKey,
+    LoadReport,
+    OptionContract,
+    OptionType,
+    Segment,
+    StrikeRow,
+    UnderlyingChain,
+)
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = (
+    "EXCH_ID",
+    "SEGMENT",
+    "SECURITY_ID",
+    "INSTRUMENT",
+    "UNDERLYING_SYMBOL",
+    "SYMBOL_NAME",
+    "LOT_SIZE",
+    "SM_EXPIRY_DATE",
+    "STRIKE_PRICE",
+    "OPTION_TYPE",
+    "TICK_SIZE",
+)
+OPTION_INSTRUMENTS = frozenset({"OPTIDX", "OPTSTK"})
+INDEX_SEGMENT = "I"
+_FNO_SEGMENTS = {("NSE", "D"): Segment.NSE_FNO, ("BSE", "D"): Segment.BSE_FNO}
+_OPTION_TYPES = {t.value: t for t in OptionType}
+MAX_MALFORMED_SAMPLES = 5
+_SAMPLE_VALUE_CHARS = 24
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    key: InstrumentKey
+    tick_size: float
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counters for one parse; ``paise_ticks`` has no LoadReport field yet, so it is logged."""
+
+    total: int = 0
+    used: int = 0
+    ignored: int = 0
+    malformed: int = 0
+    paise_ticks: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def bad(self, line: int, reason: str) -> None:
+        self.malformed += 1
+        if len(self.samples) < MAX_MALFORMED_SAMPLES:
+            self.samples.append(f"line {line}: {reason}")
+
+    def report(self) -> LoadReport:
+        return LoadReport(self.total, self.used, self.ignored, self.malformed, tuple(self.samples))
+
+
+class _BadRow(ValueError):
+    """A row of a configured underlying that cannot be used; its message is the sample text."""
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= _SAMPLE_VALUE_CHARS else value[:_SAMPLE_VALUE_CHARS] + "…")
+
+
+def _positive_float(value: str, column: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _BadRow(f"bad {column} {_show(value)}") from None
+    # float() accepts "nan" and "inf"; neither is a price, a lot or a tick.
+    if not math.isfinite(number) or number <= 0:
+        raise _BadRow(f"bad {column} {_show(value)}")
+    return number
+
+
+def _security_id(value: str) -> int:
+    value = value.strip()
+    if not value:
+        raise _BadRow("missing SECURITY_ID")
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 2**32:
+        raise _BadRow(f"bad SECURITY_ID {_show(value)}")
+    return int(value)
+
+
+def _expiry(value: str) -> dt.date:
+    # The detailed file has shown both "2024-10-03" and "2024-10-03 14:30:00" (reference §7.4).
+    text = value.strip()[:10]
+    try:
+        if len(text) != 10 or text[4] != "-" or text[7] != "-":
+            raise ValueError(text)
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise _BadRow(f"bad SM_EXPIRY_DATE {_show(value)}") from None
+    if day.year < 2000:  # the file's "no expiry" sentinel is 0001-01-01
+        raise _BadRow(f"no expiry (SM_EXPIRY_DATE {_show(value)})")
+    return day
+
+
+def _tick(value: str) -> tuple[float, bool]:
+    """The tick in rupees, and whether the file gave it in paise."""
+    tick = _positive_float(value, "TICK_SIZE")
+    # Some files give ticks in paise (5.0000 = ₹0.05; reference §7.4) while others give rupees
+    # (0.05). No Indian option or index ticks by ₹1 or more, so a value >= 1 must be paise
+    # (an index row's 1.0000 becomes ₹0.01, which keeps every decimal the feed sends).
+    if tick >= 1:
+        return tick / 100, True
+    return tick, False
+
+
+class _Columns:
+    """Column positions, found by header name (order and extra columns vary between files)."""
+
+    def __init__(self, header: list[str]) -> None:
+        names: dict[str, int] = {}
+        for i, name in enumerate(header):
+            # lstrip drops a UTF-8 byte-order mark, which str.strip() keeps; first column wins.
+            names.setdefault(name.lstrip("\ufeff").strip(), i)
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise InstrumentMasterError(f"scrip master lacks required column(s): {', '.join(missing)}")
+        self.exch = names["EXCH_ID"]
+        self.seg = names["SEGMENT"]
+        self.sid = names["SECURITY_ID"]
+        self.inst = names["INSTRUMENT"]
+        self.und = names["UNDERLYING_SYMBOL"]
+        self.sym = names["SYMBOL_NAME"]
+        self.lot = names["LOT_SIZE"]
+        self.expiry = names["SM_EXPIRY_DATE"]
+        self.strike = names["STRIKE_PRICE"]
+        self.opt = names["OPTION_TYPE"]
+        self.tick = names["TICK_SIZE"]
+        self.width = max(names[c] for c in REQUIRED_COLUMNS) + 1
+
+
+def _normalise(underlyings: Sequence[str]) -> list[str]:
+    if isinstance(underlyings, str):
+        # A bare "NIFTY" would otherwise be read as the symbols N, I, F, T, Y.
+        raise TypeError("underlyings must be a sequence of symbols, not a string")
+    symbols = list(dict.fromkeys(s.strip().upper() for s in underlyings))
+    if not symbols or "" in symbols:
+        raise InstrumentMasterError(f"no usable underlying symbols configured: {list(underlyings)!r}")
+    return symbols
+
+
+def parse_scrip_master(lines: Iterable[str], underlyings: Sequence[str]) -> ChainSkeleton:
+    """The option-chain skeleton of ``underlyings`` from the lines of a detailed scrip master."""
+    return _parse(lines, underlyings)[0]
+
+
+def _parse(lines: Iterable[str], underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
+    symbols = _normalise(underlyings)
+    wanted = frozenset(symbols)
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None:
+        raise InstrumentMasterError("scrip master is empty (no header line)")
+    col = _Columns(header)
+    tally = _Tally()
+    indices: dict[str, _Index] = {}
+    # Per underlying, by (expiry, strike, side): two contracts there cannot both be real.
+    contracts: dict[str, dict[tuple[dt.date, float, OptionType], OptionContract]] = {s: {} for s in symbols}
+    seen: set[InstrumentKey] = set()
+
+    for row in reader:
+        if not row:
+            continue  # blank line, not a row
+        tally.total += 1
+        if len(row) < col.width:
+            # Too short to tell whose row it is, and broken whoever it belongs to.
+            tally.bad(reader.line_num, f"{len(row)} fields, need at least {col.width}")
+            continue
+        # Most of the ~200k rows belong to other underlyings: decide on two fields first.
+        und = row[col.und].strip()
+        if und in wanted:
+            inst = row[col.inst].strip()
+            if inst in OPTION_INSTRUMENTS:
+                kind = "option"
+            elif row[col.seg].strip() == INDEX_SEGMENT:
+                kind = "index"
+            else:
+                tally.ignored += 1  # futures and anything else of our underlyings
+                continue
+        elif not und and row[col.seg].strip() == INDEX_SEGMENT and row[col.sym].strip() in wanted:
+            und = row[col.sym].strip()
+            kind = "index"
+        else:
+            tally.ignored += 1
+            continue
+
+        try:
+            if kind == "option":
+                contract, tick_in_paise = _option(row, col, und)
+                if contract.key in seen:
+                    raise _BadRow(f"duplicate security id {contract.key[1]} in {Segment(contract.key[0]).name}")
+                slot = (contract.expiry, contract.strike, contract.option_type)
+                first = contracts[und].get(slot)
+                if first is not None:
+                    raise _BadRow(
+                        f"{contract.option_type} {contract.strike:g} {contract.expiry} listed twice"
+                        f" (ids {first.key[1]}, {contract.key[1]}); keeping {first.key[1]}"
+                    )
+                seen.add(contract.key)
+                contracts[und][slot] = contract
+                tally.paise_ticks += tick_in_paise
+            else:
+                key = (int(Segment.IDX_I), _security_id(row[col.sid]))
+                if und in indices:
+                    raise _BadRow(f"second index row for {und} (id {key[1]}); keeping id {indices[und].key[1]}")
+                indices[und] = _Index(key, _tick(row[col.tick].strip())[0])
+        except _BadRow as exc:
+            tally.bad(reader.line_num, f"{und}: {exc}")
+            continue
+        tally.used += 1
+
+    problems = []
+    for sym in symbols:
+        if sym not in indices:
+            problems.append(f"{sym}: no index row (SEGMENT=I with UNDERLYING_SYMBOL or SYMBOL_NAME {sym})")
+        if not contracts[sym]:
+            problems.append(f"{sym}: no option rows (INSTRUMENT OPTIDX/OPTSTK with UNDERLYING_SYMBOL {sym})")
+    if problems:
+        hint = f"; {tally.malformed} malformed row(s), e.g. {tally.samples[0]}" if tally.malformed else ""
+        raise InstrumentMasterError("scrip master unusable for " + "; ".join(problems) + hint)
+
+    chains = {sym: _chain(sym, indices[sym], contracts[sym].values()) for sym in symbols}
+    return ChainSkeleton(chains, tally.report()), tally
+
+
+def _option(row: list[str], col: _Columns, underlying: str) -> tuple[OptionContract, bool]:
+    """The row's contract, and whether its tick was given in paise."""
+    segment = _FNO_SEGMENTS.get((row[col.exch].strip(), row[col.seg].strip()))
+    if segment is None:
+        raise _BadRow(f"option in unsupported EXCH_ID/SEGMENT {row[col.exch]!r}/{row[col.seg]!r}")
+    sid = _security_id(row[col.sid])
+    option_type = _OPTION_TYPES.get(row[col.opt].strip())
+    if option_type is None:
+        raise _BadRow(f"bad OPTION_TYPE {_show(row[col.opt])}")
+    lot = _positive_float(row[col.lot].strip(), "LOT_SIZE")
+    tick, in_paise = _tick(row[col.tick].strip())
+    contract = OptionContract(
+        key=(int(segment), sid),
+        underlying=underlying,
+        expiry=_expiry(row[col.expiry]),
+        strike=_positive_float(row[col.strike].strip(), "STRIKE_PRICE"),
+        option_type=option_type,
+        lot_size=int(lot),
+        tick_size=tick,
+    )
+    return contract, in_paise
+
+
+def _chain(symbol: str, index: _Index, contracts: Iterable[OptionContract]) -> UnderlyingChain:
+    by_expiry: dict[dt.date, dict[float, dict[OptionType, OptionContract]]] = {}
+    for c in contracts:
+        by_expiry.setdefault(c.expiry, {}).setdefault(c.strike, {})[c.option_type] = c
+    expiries = []
+    for expiry in sorted(by_expiry):
+        strikes = by_expiry[expiry]
+        rows = tuple(
+            StrikeRow(strike, sides.get(OptionType.CE), sides.get(OptionType.PE))
+            for strike, sides in sorted(strikes.items())
+        )
+        # Every contract of one expiry should share a lot size; if the exchange revised it
+        # mid-series, the majority wins here and each contract still keeps its own.
+        lots = Counter(c.lot_size for sides in strikes.values() for c in sides.values())
+        expiries.append(ExpiryChain(expiry, lots.most_common(1)[0][0], rows))
+    return UnderlyingChain(symbol, index.key, index.tick_size, tuple(expiries))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_url(source: str) -> bool:
+    return source[:8].lower().startswith(("http://", "https://"))
+
+
+def _shown(url: URL) -> str:
+    """The URL without credentials, query or fragment: a query string may carry a token."""
+    return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+async def load_scrip_master(source: str, underlyings: Sequence[str], *, timeout_s: float = 30.0) -> ChainSkeleton:
+    """Load the skeleton from a filesystem path or an http(s) URL of a detailed scrip master."""
+    _normalise(underlyings)  # fail on bad configuration before any network round trip
+    if _is_url(source):
+        url = URL(source)
+        shown = _shown(url)
+        body = await _fetch(url, shown, timeout_s)
+        skeleton, tally = await asyncio.to_thread(_parse_bytes, body, underlyings)
+    else:
+        shown = source
+        skeleton, tally = await asyncio.to_thread(_parse_file, source, underlyings)
+    r = skeleton.report
+    log.info(
+        "scrip master %s: %d rows, %d used, %d ignored, %d malformed, %d option ticks read as paise; %d instruments",
+        shown,
+        r.rows_total,
+        r.rows_used,
+        r.rows_ignored,
+        r.rows_malformed,
+        tally.paise_ticks,
+        skeleton.instrument_count(),
+    )
+    if r.rows_malformed:
+        log.warning("scrip master %s: malformed rows, e.g. %s", shown, "; ".join(r.malformed_samples))
+    return skeleton
+
+
+# aiohttp puts the full URL, query included, into the text of these errors.
+_URL_BEARING_ERRORS = (aiohttp.ClientResponseError, aiohttp.InvalidURL)
+
+
+async def _fetch(url: URL, shown: str, timeout_s: float) -> bytes:
+    if not url.host:
+        raise InstrumentMasterError(f"scrip master URL has no host: {shown}")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.get(url) as resp:
+                if resp.status != 200:
+                    raise InstrumentMasterError(f"scrip master {shown}: HTTP {resp.status} {resp.reason or ''}".rstrip())
+                return await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        what = type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            what += f" after {timeout_s:g} s"
+        if isinstance(exc, _URL_BEARING_ERRORS):
+            err = InstrumentMasterError(f"cannot fetch scrip master {shown}: {what}")
+            if url.query_string:
+                raise err from None  # chaining would print the token-bearing URL with the traceback
+            raise err from exc
+        raise InstrumentMasterError(f"cannot fetch scrip master {shown}: {what} {exc}".rstrip()) from exc
+
+
+def _parse_bytes(body: bytes, underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
+    # Undecodable bytes can only sit in names and descriptions we never key on, so they are
+    # replaced rather than failing the whole file; "-sig" drops a byte-order mark.
+    text = body.decode("utf-8-sig", errors="replace")
+    return _parse(io.StringIO(text, newline=""), underlyings)
+
+
+def _parse_file(path: str, underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            return _parse(f, underlyings)
+    except OSError as exc:
+        raise InstrumentMasterError(f"cannot read scrip master {path}: {exc.strerror or exc}") from exc

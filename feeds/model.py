@@ -1,0 +1,185 @@
+"""Domain types shared by every feed: instrument keys, the option-chain skeleton and ticks.
+
+Wire packets (``feeds.dhan.packets``) are normalised into these by the broker adapter:
+true UTC instants, prices rounded to the instrument's tick, keyed by ``(segment, security_id)``.
+Tick types are ``NamedTuple``s: immutable, and the cheapest immutable object Python builds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import NamedTuple, TypeAlias
+
+IST = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
+
+
+class Segment(IntEnum):
+    """Exchange segment; the value is Dhan's numeric code in binary headers (reference §3)."""
+
+    IDX_I = 0
+    NSE_EQ = 1
+    NSE_FNO = 2
+    NSE_CURRENCY = 3
+    BSE_EQ = 4
+    MCX_COMM = 5
+    BSE_CURRENCY = 7
+    BSE_FNO = 8
+
+
+class OptionType(StrEnum):
+    CE = "CE"
+    PE = "PE"
+
+
+# Security ids are unique only per segment, so everything is keyed by the pair.
+InstrumentKey: TypeAlias = tuple[int, int]
+
+
+# --------------------------------------------------------------------------- skeleton
+
+
+@dataclass(frozen=True, slots=True)
+class OptionContract:
+    key: InstrumentKey
+    underlying: str
+    expiry: dt.date
+    strike: float
+    option_type: OptionType
+    lot_size: int
+    tick_size: float
+
+    @property
+    def security_id(self) -> int:
+        return self.key[1]
+
+
+@dataclass(frozen=True, slots=True)
+class StrikeRow:
+    strike: float
+    ce: OptionContract | None
+    pe: OptionContract | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryChain:
+    expiry: dt.date
+    lot_size: int
+    strikes: tuple[StrikeRow, ...]  # ascending by strike
+
+    def contracts(self) -> list[OptionContract]:
+        return [c for row in self.strikes for c in (row.ce, row.pe) if c is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class UnderlyingChain:
+    symbol: str
+    key: InstrumentKey  # the underlying index, e.g. (IDX_I, 13) for NIFTY
+    tick_size: float
+    expiries: tuple[ExpiryChain, ...]  # ascending by expiry
+
+    def expiry(self, when: dt.date) -> ExpiryChain | None:
+        for chain in self.expiries:
+            if chain.expiry == when:
+                return chain
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What the instrument loader saw: rows read, used, ignored and malformed (with samples)."""
+
+    rows_total: int = 0
+    rows_used: int = 0
+    rows_ignored: int = 0
+    rows_malformed: int = 0
+    malformed_samples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSkeleton:
+    underlyings: dict[str, UnderlyingChain]
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def limit_expiries(self, max_expiries: int, today: dt.date | None = None) -> ChainSkeleton:
+        """The same skeleton keeping only the nearest ``max_expiries`` unexpired expiries."""
+        out = {}
+        for sym, chain in self.underlyings.items():
+            live = [e for e in chain.expiries if today is None or e.expiry >= today]
+            out[sym] = UnderlyingChain(chain.symbol, chain.key, chain.tick_size, tuple(live[:max_expiries]))
+        return ChainSkeleton(out, self.report)
+
+    def instrument_count(self) -> int:
+        return sum(1 + sum(len(e.contracts()) for e in u.expiries) for u in self.underlyings.values())
+
+
+# --------------------------------------------------------------------------- ticks
+# ``received_at`` is the local receive time (UTC epoch seconds, float); ``ltt`` is the
+# exchange's last-trade instant as a true UTC epoch second (int). ``None`` = not sent.
+
+
+class TradeTick(NamedTuple):
+    """Last trade only (Dhan Ticker)."""
+
+    key: InstrumentKey
+    ltp: float | None
+    ltt: int | None
+    received_at: float
+
+
+class QuoteTick(NamedTuple):
+    """Trade, volume and day OHLC without depth (Dhan Quote)."""
+
+    key: InstrumentKey
+    ltp: float | None
+    ltq: int
+    ltt: int | None
+    atp: float | None
+    volume: int
+    total_sell_qty: int
+    total_buy_qty: int
+    open: float | None
+    close: float | None
+    high: float | None
+    low: float | None
+    received_at: float
+
+
+class FullTick(NamedTuple):
+    """Quote plus open interest and level-1 depth (Dhan Full)."""
+
+    key: InstrumentKey
+    ltp: float | None
+    ltq: int
+    ltt: int | None
+    atp: float | None
+    volume: int
+    total_sell_qty: int
+    total_buy_qty: int
+    oi: int
+    open: float | None
+    close: float | None
+    high: float | None
+    low: float | None
+    bid: float | None
+    bid_qty: int | None
+    ask: float | None
+    ask_qty: int | None
+    received_at: float
+
+
+class OpenInterestTick(NamedTuple):
+    key: InstrumentKey
+    oi: int
+    received_at: float
+
+
+class PrevCloseTick(NamedTuple):
+    key: InstrumentKey
+    prev_close: float | None
+    prev_oi: int
+    received_at: float
+
+
+Tick: TypeAlias = TradeTick | QuoteTick | FullTick | OpenInterestTick | PrevCloseTick

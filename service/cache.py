@@ -1,0 +1,205 @@
+"""The option-chain cache: the process's only mutable market state, with one owner.
+
+Only ``Ingest`` calls ``apply`` and ``mark_stale``; both are synchronous and run on the
+event loop, so no reader ever sees a half-applied batch and no lock is needed. Readers get
+immutable ``ChainSnapshot``s (see ``service.snapshot``), rendered at most once per version.
+
+Versions come from one counter that starts at the wall clock in microseconds and grows by
+one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
+across restarts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from feeds.model import (
+    ChainSkeleton,
+    FullTick,
+    InstrumentKey,
+    OpenInterestTick,
+    OptionContract,
+    PrevCloseTick,
+    QuoteTick,
+    Tick,
+    TradeTick,
+)
+
+
+class Leg:
+    """Latest known state of one instrument; ``None`` means never received."""
+
+    __slots__ = (
+        "key", "contract", "chains", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi",
+        "open", "high", "low", "close", "bid", "bid_qty", "ask", "ask_qty", "updated_at", "seen", "stale", "doc",
+    )
+
+    def __init__(self, key: InstrumentKey, contract: OptionContract | None) -> None:
+        self.key = key
+        self.contract = contract
+        self.chains: tuple[Chain, ...] = ()
+        self.ltp = self.ltq = self.ltt = self.atp = self.volume = self.oi = None
+        self.prev_close = self.prev_oi = self.open = self.high = self.low = self.close = None
+        self.bid = self.bid_qty = self.ask = self.ask_qty = None
+        self.updated_at: float | None = None
+        self.seen = False
+        self.stale = False
+        self.doc: dict[str, Any] | None = None  # rendered form, dropped on every change
+
+
+class Chain:
+    """One underlying/expiry: its strikes, its index leg, and its version."""
+
+    __slots__ = ("underlying", "expiry", "lot_size", "index", "rows", "version", "updated_at", "stale_legs", "rendered")
+
+    def __init__(self, underlying: str, expiry: dt.date, lot_size: int, index: Leg) -> None:
+        self.underlying = underlying
+        self.expiry = expiry
+        self.lot_size = lot_size
+        self.index = index
+        self.rows: list[tuple[float, Leg | None, Leg | None]] = []
+        self.version = 0
+        self.updated_at: float | None = None
+        self.stale_legs = 0
+        self.rendered: Any = None  # the last ChainSnapshot, owned by service.snapshot
+
+
+class ChainCache:
+    def __init__(self, skeleton: ChainSkeleton, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._version = time.time_ns() // 1000
+        self.legs: dict[InstrumentKey, Leg] = {}
+        self.chains: dict[tuple[str, dt.date], Chain] = {}
+        self.expiries: dict[str, list[dt.date]] = {}
+        self.index_keys: dict[str, InstrumentKey] = {}
+        self._underlying_of: dict[InstrumentKey, str] = {}
+        self.covered = 0
+        self.covered_by_underlying: dict[str, int] = {}
+        self.subscribed_by_underlying: dict[str, int] = {}
+        self.ticks_applied = 0
+        self.ticks_unknown = 0
+        self.batches_applied = 0
+        for symbol, und in skeleton.underlyings.items():
+            index = Leg(und.key, None)
+            self.legs[und.key] = index
+            self.index_keys[symbol] = und.key
+            self._underlying_of[und.key] = symbol
+            chains = []
+            for exp in und.expiries:
+                chain = Chain(symbol, exp.expiry, exp.lot_size, index)
+                for row in exp.strikes:
+                    ce = self._leg(row.ce, chain, symbol)
+                    pe = self._leg(row.pe, chain, symbol)
+                    chain.rows.append((row.strike, ce, pe))
+                self.chains[(symbol, exp.expiry)] = chain
+                chains.append(chain)
+            index.chains = tuple(chains)
+            self.expiries[symbol] = [c.expiry for c in chains]
+            self.covered_by_underlying[symbol] = 0
+            self.subscribed_by_underlying[symbol] = sum(1 for k, s in self._underlying_of.items() if s == symbol)
+
+    def _leg(self, contract: OptionContract | None, chain: Chain, symbol: str) -> Leg | None:
+        if contract is None:
+            return None
+        leg = Leg(contract.key, contract)
+        leg.chains = (chain,)
+        self.legs[contract.key] = leg
+        self._underlying_of[contract.key] = symbol
+        return leg
+
+    # ------------------------------------------------------------------ owner-only writes
+
+    def _next_version(self) -> int:
+        self._version += 1
+        return self._version
+
+    def apply(self, ticks: Sequence[Tick]) -> None:
+        """Apply a batch of ticks in order; every chain touched gets the batch's new version."""
+        version = self._next_version()
+        legs = self.legs
+        for t in ticks:
+            leg = legs.get(t[0])
+            if leg is None:
+                self.ticks_unknown += 1
+                continue
+            cls = type(t)
+            if cls is FullTick:
+                (_, leg.ltp, leg.ltq, leg.ltt, leg.atp, leg.volume, _, _, leg.oi, leg.open, leg.close, leg.high,
+                 leg.low, leg.bid, leg.bid_qty, leg.ask, leg.ask_qty, leg.updated_at) = t
+            elif cls is QuoteTick:
+                (_, leg.ltp, leg.ltq, leg.ltt, leg.atp, leg.volume, _, _, leg.open, leg.close, leg.high, leg.low,
+                 leg.updated_at) = t
+            elif cls is TradeTick:
+                _, leg.ltp, leg.ltt, leg.updated_at = t
+            elif cls is OpenInterestTick:
+                _, leg.oi, leg.updated_at = t
+            elif cls is PrevCloseTick:
+                _, leg.prev_close, leg.prev_oi, leg.updated_at = t
+            else:
+                raise TypeError(f"not a tick: {cls.__name__}")
+            leg.doc = None
+            if not leg.seen:
+                self._first_data(leg)
+            if leg.stale:
+                self._set_stale(leg, False)
+            for chain in leg.chains:
+                chain.version = version
+                chain.updated_at = leg.updated_at
+        self.ticks_applied += len(ticks)
+        self.batches_applied += 1
+
+    def mark_stale(self, keys: Iterable[InstrumentKey]) -> int:
+        """Mark instruments stale until fresh data arrives (their feed connection was lost)."""
+        version = self._next_version()
+        marked = 0
+        for key in keys:
+            leg = self.legs.get(key)
+            if leg is not None and not leg.stale:
+                self._set_stale(leg, True)
+                for chain in leg.chains:
+                    chain.version = version
+                marked += 1
+        return marked
+
+    def _first_data(self, leg: Leg) -> None:
+        leg.seen = True
+        self.covered += 1
+        self.covered_by_underlying[self._underlying_of[leg.key]] += 1
+
+    @staticmethod
+    def _set_stale(leg: Leg, stale: bool) -> None:
+        leg.stale = stale
+        leg.doc = None
+        for chain in leg.chains:
+            chain.stale_legs += 1 if stale else -1
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def subscribed(self) -> int:
+        return len(self.legs)
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / len(self.legs) if self.legs else 1.0
+
+    def missing_by_underlying(self) -> dict[str, int]:
+        return {
+            sym: self.subscribed_by_underlying[sym] - self.covered_by_underlying[sym]
+            for sym in self.subscribed_by_underlying
+            if self.subscribed_by_underlying[sym] > self.covered_by_underlying[sym]
+        }
+
+    def is_stale(self, chain: Chain, stale_after_s: float) -> bool:
+        if chain.stale_legs > 0 or chain.updated_at is None:
+            return True
+        return self._clock() - chain.updated_at > stale_after_s
+
+    def nearest_expiry(self, underlying: str, today: dt.date) -> dt.date | None:
+        for expiry in self.expiries.get(underlying, ()):
+            if expiry >= today:
+                return expiry
+        return None

@@ -1,0 +1,25 @@
+"""Exceptions raised by the ``service`` package, each mapped to a process exit code.
+
+    ServiceError
+    ├── ConfigError        settings or credentials invalid      → exit 2
+    ├── ReadinessTimeout   the cache never reached coverage     → exit 3
+    └── FeedFatal          the broker refused us for good       → exit 4
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    exit_code = 1
+
+
+class ConfigError(ServiceError):
+    exit_code = 2
+
+
+class ReadinessTimeout(ServiceError):
+    exit_code = 3
+
+
+class FeedFatal(ServiceError):
+    exit_code = 4

@@ -1,0 +1,55 @@
+"""The process lifecycle: starting → warming → ready ⇄ degraded → stopping → stopped.
+
+Only the transitions in ``ALLOWED`` are legal; anything else is a bug and raises.
+``reason`` says why the process is where it is (shown by /readyz and in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    STARTING = "starting"  # loading settings and instruments
+    WARMING = "warming"  # feed connected, waiting for the readiness gate
+    READY = "ready"  # serving fresh data
+    DEGRADED = "degraded"  # serving, but part of the data is known to be stale
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.WARMING, Phase.STOPPING}),
+    Phase.WARMING: frozenset({Phase.READY, Phase.STOPPING}),
+    Phase.READY: frozenset({Phase.DEGRADED, Phase.STOPPING}),
+    Phase.DEGRADED: frozenset({Phase.READY, Phase.STOPPING}),
+    Phase.STOPPING: frozenset({Phase.STOPPED}),
+    Phase.STOPPED: frozenset(),
+}
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.reason = "loading instruments"
+
+    @property
+    def serving(self) -> bool:
+        """True when /readyz should answer 200: the gate passed and we are not stopping."""
+        return self.phase in (Phase.READY, Phase.DEGRADED)
+
+    def to(self, phase: Phase, reason: str) -> None:
+        if phase == self.phase:
+            self.reason = reason
+            return
+        if phase not in ALLOWED[self.phase]:
+            raise RuntimeError(f"illegal lifecycle transition {self.phase} → {phase}")
+        log.log(
+            logging.WARNING if phase is Phase.DEGRADED else logging.INFO,
+            "lifecycle %s → %s: %s", self.phase, phase, reason,
+        )
+        self.phase = phase
+        self.reason = reason

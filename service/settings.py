@@ -1,0 +1,184 @@
+"""The settings tree: defaults < TOML file (config/) < ``LIVECHAIN_*`` environment variables.
+
+Nested keys use ``__`` in the environment: ``LIVECHAIN_HTTP__PORT=9000`` sets ``http.port``.
+Every model is frozen and forbids unknown keys, so a typo stops startup naming the key.
+Broker credentials are not settings: they come only from ``DHAN_CLIENT_ID`` and
+``DHAN_ACCESS_TOKEN`` and are held as ``SecretStr``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service.errors import ConfigError
+
+ENV_PREFIX = "LIVECHAIN_"
+DEFAULT_CONFIG = Path("config/livechain.toml")
+DHAN_SCRIP_MASTER_URL = "https://images.dhan.co/api-data/api-scrip-master-detailed.csv"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeedSettings(_Section):
+    kind: Literal["simulator", "dhan"] = "simulator"
+    url: str = "wss://api-feed.dhan.co"
+    index_mode: Literal["ticker", "quote"] = "quote"
+    open_timeout_s: float = Field(10.0, gt=0)
+    ping_interval_s: float = Field(20.0, gt=0)
+    ping_timeout_s: float = Field(20.0, gt=0)
+    close_timeout_s: float = Field(2.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    healthy_after_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        if "?" in v:
+            raise ValueError("must not carry a query string: token and client id are added by the client")
+        return v
+
+
+class InstrumentsSettings(_Section):
+    # Path or URL of Dhan's detailed scrip master; unset means the simulator's own file
+    # (feed.kind = simulator) or Dhan's public URL (feed.kind = dhan).
+    source: str | None = None
+    underlyings: tuple[str, ...] = ("NIFTY",)
+    max_expiries: int = Field(2, ge=1, le=50)
+    load_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("underlyings")
+    @classmethod
+    def _symbols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one underlying is required")
+        return tuple(dict.fromkeys(s.strip().upper() for s in v))
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    cors_allow_origins: tuple[str, ...] = ()
+    shutdown_timeout_s: float = Field(3.0, gt=0)
+
+
+class ReadinessSettings(_Section):
+    timeout_s: float = Field(30.0, gt=0)
+    min_coverage: float = Field(1.0, gt=0, le=1)
+    progress_log_interval_s: float = Field(2.0, gt=0)
+
+
+class CacheSettings(_Section):
+    # A chain whose last update is older than this is reported ``stale``.
+    stale_after_s: float = Field(30.0, gt=0)
+
+
+class SimulatorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: a free port, for the embedded simulator
+    seed: int = 7
+    underlyings: tuple[str, ...] = ("NIFTY", "BANKNIFTY", "FINNIFTY")
+    expiries: int = Field(3, ge=1, le=20)
+    strikes_per_side: int = Field(20, ge=1, le=200)
+    tick_interval_s: float = Field(0.05, gt=0)
+    trades_per_step: int = Field(40, ge=1)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    feed: FeedSettings = FeedSettings()
+    instruments: InstrumentsSettings = InstrumentsSettings()
+    http: HttpSettings = HttpSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
+    cache: CacheSettings = CacheSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+class DhanCredentials(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=True)
+
+    client_id: SecretStr = Field(validation_alias=AliasChoices("DHAN_CLIENT_ID"))
+    access_token: SecretStr = Field(validation_alias=AliasChoices("DHAN_ACCESS_TOKEN"))
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _describe(exc: ValidationError, *, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+        key = ".".join(str(p) for p in loc) or "(root)"
+        # Never echo the offending value: it might be a secret pasted in the wrong place.
+        lines.append(f"  {key} (env {_env_name(loc)}): {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Read the TOML file (explicit path, ``LIVECHAIN_CONFIG``, or config/livechain.toml if present)
+    and apply the ``LIVECHAIN_*`` environment over it."""
+    env_path = os.environ.get("LIVECHAIN_CONFIG")
+    path = config_path or (Path(env_path) if env_path else None)
+    data: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    origin = f"{path or 'defaults'} + {ENV_PREFIX}* environment"
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin=origin)) from None
+
+
+def load_dhan_credentials() -> DhanCredentials:
+    """The broker credentials, or a ConfigError naming the missing variables."""
+    env = os.environ
+    missing = [name for name in ("DHAN_CLIENT_ID", "DHAN_ACCESS_TOKEN") if not env.get(name, "").strip()]
+    if missing:
+        raise ConfigError(
+            "feed.kind = dhan needs broker credentials in the environment; missing: " + ", ".join(missing)
+        )
+    return DhanCredentials(DHAN_CLIENT_ID=env["DHAN_CLIENT_ID"].strip(), DHAN_ACCESS_TOKEN=env["DHAN_ACCESS_TOKEN"].strip())
+

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small deterministic chain skeleton and ticks to fill it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+import pytest
+
+from feeds.model import ChainSkeleton, FullTick, InstrumentKey, PrevCloseTick, QuoteTick
+from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.universe import build_universe
+
+TODAY = dt.date(2026, 11, 23)  # a Monday: NIFTY's weekly expiry is the next day
+NOW = 1_795_000_000.0  # a fixed receive instant for unit tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def skeleton() -> ChainSkeleton:
+    config = SimulatorConfig(underlyings=("NIFTY",), expiries=2, strikes_per_side=2, today=TODAY)
+    return build_universe(config, TODAY).skeleton
+
+
+def full_tick(key: InstrumentKey, ltp: float = 101.5, *, received_at: float = NOW, **fields: object) -> FullTick:
+    values: dict[str, object] = dict(
+        key=key, ltp=ltp, ltq=75, ltt=int(received_at) - 1, atp=100.25, volume=7500, total_sell_qty=1500,
+        total_buy_qty=2250, oi=30000, open=99.0, close=98.5, high=103.0, low=97.0, bid=101.45, bid_qty=150,
+        ask=101.55, ask_qty=225, received_at=received_at,
+    )
+    values.update(fields)
+    return FullTick(**values)  # type: ignore[arg-type]
+
+
+def index_tick(key: InstrumentKey, ltp: float = 24000.05, *, received_at: float = NOW) -> QuoteTick:
+    return QuoteTick(key, ltp, 0, int(received_at), ltp, 0, 0, 0, ltp, ltp, ltp, ltp, received_at)
+
+
+def prev_close_tick(key: InstrumentKey, *, received_at: float = NOW) -> PrevCloseTick:
+    return PrevCloseTick(key, 95.0, 28000, received_at)

@@ -1,0 +1,142 @@
+"""The option-chain cache and its snapshots: apply, versions, coverage, staleness, rendering."""
+
+from __future__ import annotations
+
+import orjson
+
+from feeds.model import ChainSkeleton, OpenInterestTick, TradeTick
+from service.cache import ChainCache
+from service.snapshot import render
+from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
+
+
+def _first_chain(cache: ChainCache):
+    return next(iter(cache.chains.values()))
+
+
+def test_skeleton_becomes_chains_with_index_and_legs(skeleton: ChainSkeleton) -> None:
+    """Every contract and the underlying index get a leg; chains are per expiry."""
+    cache = ChainCache(skeleton)
+    assert cache.subscribed == skeleton.instrument_count()
+    assert len(cache.chains) == 2
+    chain = _first_chain(cache)
+    assert [r[0] for r in chain.rows] == sorted(r[0] for r in chain.rows)
+    assert cache.coverage == 0.0
+
+
+def test_full_tick_sets_every_field_and_bumps_version(skeleton: ChainSkeleton) -> None:
+    """A Full tick fills the leg; the chain's version grows; other chains do not move."""
+    cache = ChainCache(skeleton)
+    chain_a, chain_b = cache.chains.values()
+    leg = chain_a.rows[0][1]
+    before_a, before_b = chain_a.version, chain_b.version
+    cache.apply([full_tick(leg.key)])
+    assert (leg.ltp, leg.ltq, leg.oi, leg.bid, leg.ask_qty, leg.close) == (101.5, 75, 30000, 101.45, 225, 98.5)
+    assert chain_a.version > before_a and chain_b.version == before_b
+    assert cache.covered == 1
+
+
+def test_partial_ticks_keep_other_fields(skeleton: ChainSkeleton) -> None:
+    """OI, trade and prev-close ticks change only their own fields."""
+    cache = ChainCache(skeleton)
+    leg = _first_chain(cache).rows[1][2]
+    cache.apply([full_tick(leg.key), OpenInterestTick(leg.key, 31000, NOW + 1), TradeTick(leg.key, 102.0, 5, NOW + 2)])
+    cache.apply([prev_close_tick(leg.key, received_at=NOW + 3)])
+    assert (leg.oi, leg.ltp, leg.ltt, leg.bid, leg.prev_close, leg.prev_oi) == (31000, 102.0, 5, 101.45, 95.0, 28000)
+    assert leg.updated_at == NOW + 3
+
+
+def test_index_tick_bumps_every_chain_of_the_underlying(skeleton: ChainSkeleton) -> None:
+    """underlying_ltp is in every chain's body, so an index tick changes them all."""
+    cache = ChainCache(skeleton)
+    versions = [c.version for c in cache.chains.values()]
+    cache.apply([index_tick(cache.index_keys["NIFTY"])])
+    assert all(c.version > v for c, v in zip(cache.chains.values(), versions))
+    assert all(c.index.ltp == 24000.05 for c in cache.chains.values())
+
+
+def test_unknown_instrument_is_counted_not_applied(skeleton: ChainSkeleton) -> None:
+    """Late packets for instruments we do not track are dropped and counted."""
+    cache = ChainCache(skeleton)
+    cache.apply([full_tick((2, 999_999))])
+    assert cache.ticks_unknown == 1 and cache.covered == 0
+
+
+def test_coverage_counts_each_instrument_once(skeleton: ChainSkeleton) -> None:
+    """Coverage is the share of instruments that received any data, per underlying too."""
+    cache = ChainCache(skeleton)
+    keys = list(cache.legs)
+    cache.apply([full_tick(keys[1]), full_tick(keys[1]), full_tick(keys[2])])
+    assert cache.covered == 2
+    assert cache.missing_by_underlying() == {"NIFTY": cache.subscribed - 2}
+    cache.apply([full_tick(k) for k in keys])
+    assert cache.coverage == 1.0 and cache.missing_by_underlying() == {}
+
+
+def test_mark_stale_until_fresh_data(skeleton: ChainSkeleton) -> None:
+    """Lost instruments make their chain stale until every one of them has new data."""
+    cache = ChainCache(skeleton, clock=lambda: NOW)
+    chain = _first_chain(cache)
+    legs = [leg for row in chain.rows for leg in row[1:]]
+    cache.apply([full_tick(leg.key) for leg in legs] + [index_tick(chain.index.key)])
+    assert not cache.is_stale(chain, 30.0)
+    version = chain.version
+    cache.mark_stale([legs[0].key, legs[1].key])
+    assert cache.is_stale(chain, 30.0) and chain.version > version
+    cache.apply([full_tick(legs[0].key)])
+    assert cache.is_stale(chain, 30.0)
+    cache.apply([full_tick(legs[1].key)])
+    assert not cache.is_stale(chain, 30.0)
+
+
+def test_chain_without_recent_updates_is_stale(skeleton: ChainSkeleton) -> None:
+    """No update for longer than stale_after_s makes the chain stale."""
+    now = [NOW]
+    cache = ChainCache(skeleton, clock=lambda: now[0])
+    chain = _first_chain(cache)
+    cache.apply([full_tick(chain.rows[0][1].key)])
+    assert not cache.is_stale(chain, 30.0)
+    now[0] += 31
+    assert cache.is_stale(chain, 30.0)
+
+
+def test_render_nulls_for_never_received_values(skeleton: ChainSkeleton) -> None:
+    """A leg with only a prev-close packet shows nulls, never zeros, for everything else."""
+    cache = ChainCache(skeleton)
+    chain = _first_chain(cache)
+    leg = chain.rows[0][1]
+    cache.apply([prev_close_tick(leg.key)])
+    doc = orjson.loads(render(chain, False).body)
+    ce = doc["strikes"][0]["ce"]
+    assert ce["prev_close"] == 95.0 and ce["prev_oi"] == 28000
+    for field in ("ltp", "ltq", "ltt", "atp", "volume", "oi", "open", "high", "low", "close", "bid", "ask"):
+        assert ce[field] is None, field
+    assert doc["underlying_ltp"] is None
+    assert doc["strikes"][1]["ce"]["updated_at"] is None
+
+
+def test_render_is_reused_until_the_chain_changes(skeleton: ChainSkeleton) -> None:
+    """Same version and staleness → the very same snapshot; a change → a new body and ETag."""
+    cache = ChainCache(skeleton)
+    chain = _first_chain(cache)
+    leg = chain.rows[0][1]
+    cache.apply([full_tick(leg.key)])
+    first = render(chain, False)
+    assert render(chain, False) is first
+    assert render(chain, True).etag != first.etag
+    cache.apply([full_tick(leg.key, ltp=102.0)])
+    second = render(chain, False)
+    assert second.version > first.version and second.etag != first.etag
+    assert orjson.loads(second.body)["strikes"][0]["ce"]["ltp"] == 102.0
+
+
+def test_times_are_ist_iso8601(skeleton: ChainSkeleton) -> None:
+    """ltt, updated_at and as_of are ISO-8601 with +05:30."""
+    cache = ChainCache(skeleton)
+    chain = _first_chain(cache)
+    leg = chain.rows[0][1]
+    cache.apply([full_tick(leg.key, ltt=1_781_064_197, received_at=1_781_064_197.25)])
+    doc = orjson.loads(render(chain, False).body)
+    assert doc["strikes"][0]["ce"]["ltt"] == "2026-06-10T09:33:17+05:30"
+    assert doc["strikes"][0]["ce"]["updated_at"] == "2026-06-10T09:33:17.250000+05:30"
+    assert doc["as_of"] == "2026-06-10T09:33:17.250000+05:30"
