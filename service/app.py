@@ -28,7 +28,9 @@ from service.errors import ConfigError, FeedFatal, ReadinessTimeout
 from service.http import HttpContext, make_app
 from service.ingest import Ingest
 from service.lifecycle import Lifecycle, Phase
-from service.settings import DHAN_SCRIP_MASTER_URL, Settings, load_dhan_credentials
+from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.server import SimulatorServer
+from service.settings import DHAN_SCRIP_MASTER_URL, Settings, SimulatorSettings, load_dhan_credentials
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +49,35 @@ class RunningService:
     feed: DhanFeed
     http_port: int
     feed_task: asyncio.Task[None]
-    simulator: object | None = None
+    simulator: SimulatorServer | None = None
 
 
 def today_ist() -> dt.date:
     return dt.datetime.now(IST).date()
 
 
-async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack) -> object:
-    from feeds.simulator.config import SimulatorConfig
-    from feeds.simulator.server import SimulatorServer
+def simulator_config(sim: SimulatorSettings) -> SimulatorConfig:
+    try:
+        return SimulatorConfig(
+            seed=sim.seed,
+            underlyings=tuple(sim.underlyings),
+            expiries=sim.expiries,
+            strikes_per_side=sim.strikes_per_side,
+            tick_interval_s=sim.tick_interval_s,
+            trades_per_step=sim.trades_per_step,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid simulator settings: {exc}") from None
 
+
+async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack) -> SimulatorServer:
     sim = settings.simulator
-    config = SimulatorConfig(
-        seed=sim.seed,
-        underlyings=tuple(sim.underlyings),
-        expiries=sim.expiries,
-        strikes_per_side=sim.strikes_per_side,
-        tick_interval_s=sim.tick_interval_s,
-        trades_per_step=sim.trades_per_step,
-    )
-    server = await stack.enter_async_context(SimulatorServer(config, host=sim.host, port=sim.port))
+    missing = set(settings.instruments.underlyings) - set(sim.underlyings)
+    if missing and settings.instruments.source is None:
+        raise ConfigError(
+            f"instruments.underlyings {sorted(missing)} are not simulated; simulator.underlyings = {list(sim.underlyings)}"
+        )
+    server = await stack.enter_async_context(SimulatorServer(simulator_config(sim), host=sim.host, port=sim.port))
     log.info("embedded simulator listening on %s", server.feed_url)
     return server
 
@@ -151,9 +161,9 @@ async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Tas
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """Stop ``task`` and wait for it; an error it ended with has already been raised elsewhere."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait([task])
 
 
 @contextlib.asynccontextmanager
@@ -161,13 +171,13 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     """Start everything; yield once the HTTP port is bound; tear down in reverse on exit."""
     lifecycle = Lifecycle()
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(lifecycle.to, Phase.STOPPED, "stopped")
+        stack.callback(lifecycle.stopped)
         simulator = None
         if settings.feed.kind == "simulator":
             simulator = await _start_simulator(settings, stack)
             credentials = Credentials(SIMULATOR_CLIENT_ID, lambda: SIMULATOR_TOKEN)
-            feed_url = simulator.feed_url  # type: ignore[attr-defined]
-            source = settings.instruments.source or simulator.scrip_master_url  # type: ignore[attr-defined]
+            feed_url = simulator.feed_url
+            source = settings.instruments.source or simulator.scrip_master_url
         else:
             creds = load_dhan_credentials()
             credentials = Credentials(creds.client_id.get_secret_value(), creds.access_token.get_secret_value)
@@ -183,7 +193,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
         stack.push_async_callback(_cancel, feed_task)
-        stack.callback(_enter_stopping, lifecycle)
+        stack.callback(lifecycle.stopping)
         try:
             await _await_gate(settings, ingest, feed_task)
         except FatalFeedError as exc:
@@ -196,18 +206,13 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
                                access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        stack.callback(_enter_stopping, lifecycle)  # before the port closes: /readyz says stopping
+        stack.callback(lifecycle.stopping)  # before the port closes: /readyz says stopping
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
         port = runner.addresses[0][1]
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
         yield RunningService(settings, lifecycle, cache, ingest, feed, port, feed_task, simulator)
-
-
-def _enter_stopping(lifecycle: Lifecycle) -> None:
-    if lifecycle.phase not in (Phase.STOPPING, Phase.STOPPED):
-        lifecycle.to(Phase.STOPPING, "shutting down")
 
 
 async def _serve(settings: Settings) -> None:
@@ -243,3 +248,18 @@ async def run_service(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+SIMULATE_DEFAULT_PORT = 8765
+
+
+async def simulate(sim: SimulatorSettings, *, host: str | None, port: int | None) -> None:
+    """``livechain simulate``: the simulator alone, until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    from feeds.simulator.server import serve_forever
+
+    port = port if port is not None else (sim.port or SIMULATE_DEFAULT_PORT)
+    await serve_forever(simulator_config(sim), host or sim.host, port, stop)

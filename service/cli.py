@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.logging.level, settings.logging.json_format)
     try:
         if command == "simulate":
-            from feeds.simulator.cli import simulate
+            from service.app import simulate
 
             asyncio.run(simulate(settings.simulator, host=args.host, port=args.port))
         else:

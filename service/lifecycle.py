@@ -53,3 +53,12 @@ class Lifecycle:
         )
         self.phase = phase
         self.reason = reason
+
+    def stopping(self) -> None:
+        """Enter STOPPING from wherever we are (idempotent): teardown has begun."""
+        if self.phase not in (Phase.STOPPING, Phase.STOPPED):
+            self.to(Phase.STOPPING, "shutting down")
+
+    def stopped(self) -> None:
+        self.stopping()
+        self.to(Phase.STOPPED, "stopped")

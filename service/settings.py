@@ -91,7 +91,7 @@ class SimulatorSettings(_Section):
     expiries: int = Field(3, ge=1, le=20)
     strikes_per_side: int = Field(20, ge=1, le=200)
     tick_interval_s: float = Field(0.05, gt=0)
-    trades_per_step: int = Field(40, ge=1)
+    trades_per_step: int = Field(30, ge=0)
 
 
 class LoggingSettings(_Section):

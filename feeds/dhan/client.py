@@ -168,9 +168,17 @@ class DhanFeed:
 
     async def run(self, sink: FeedSink) -> None:
         """Run every connection until cancelled; a FatalFeedError from any one stops them all."""
-        async with asyncio.TaskGroup() as group:
-            for conn in self.connections:
-                group.create_task(conn.run(sink), name=f"dhan-feed-{conn.index}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for conn in self.connections:
+                    group.create_task(conn.run(sink), name=f"dhan-feed-{conn.index}")
+        except ExceptionGroup as group_error:
+            # Callers handle one error, not a group: a fatal broker refusal first, else the first.
+            errors = group_error.exceptions
+            fatal = [e for e in errors if isinstance(e, FatalFeedError)]
+            for other in errors[1:]:
+                log.error("feed connection failed as well: %r", other)
+            raise (fatal or list(errors))[0] from None
 
 
 class _Connection:
@@ -234,8 +242,14 @@ class _Connection:
             # str(exc) of some websockets errors quotes the URL, which holds the token.
             raise FeedConnectionError(f"connect failed: {type(exc).__name__}") from None
         try:
-            for message in self._messages():
-                await ws.send(message)
+            try:
+                for message in self._messages():
+                    await ws.send(message)
+            except websockets.ConnectionClosed:
+                # Dhan says why it hangs up in a code-50 packet sent before the close: read
+                # what is buffered before reporting the close itself.
+                await self._receive(ws, sink)
+                raise
             self.stats.connects += 1
             reconnect = self.stats.connects > 1
             self.stats.reconnects += int(reconnect)

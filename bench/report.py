@@ -1,0 +1,75 @@
+"""Results out: a Markdown table for people (pasteable into docs) and a JSON document for tools."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.model import Budget, Row
+
+SCHEMA = 1
+_HEADER = ("scenario", "case", "ours", "baseline", "unit", "ratio", "ratio range", "target", "pass")
+
+
+def format_table(rows: Sequence[Row], machine: dict[str, Any]) -> str:
+    """The results as a Markdown table, with notes as numbered footnotes and the machine below."""
+    notes: list[str] = []
+    lines = [_line(_HEADER), _line(("---",) * 2 + ("---:",) * 2 + ("---",) + ("---:",) * 3 + ("---",))]
+    for r in rows:
+        case = r.case
+        if r.note:
+            notes.append(r.note)
+            case += f" [{len(notes)}]"
+        target = "—" if r.target is None else f"≥ {r.target:g}x"
+        verdict = {None: "—", True: "yes", False: "NO"}[r.passed]
+        lines.append(
+            _line(
+                (
+                    r.scenario, case, _si(r.ours), _si(r.baseline), r.unit, f"{r.ratio:.1f}x",
+                    f"{r.ratio_min:.1f}–{r.ratio_max:.1f}x", target, verdict,
+                )
+            )
+        )  # fmt: skip
+    lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, start=1)]
+    libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
+    lines += [
+        f"Baseline: {', '.join(sorted({r.baseline_name for r in rows}))}. Ratio > 1: ours is better.",
+        f"Machine: {machine['cpu_model']}, {machine['cores']} cores, "
+        f"load {machine['load_average_1m']}, Python {machine['python']}; {libs}",
+    ]
+    return "\n".join(lines)
+
+
+def document(
+    rows: Sequence[Row], machine: dict[str, Any], budget: Budget, started_at: str, seconds: float
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "started_at": started_at,
+        "duration_s": round(seconds, 2),
+        "budget": {"rounds": budget.rounds, "seconds_per_round": budget.seconds_per_round, "quick": budget.quick},
+        "machine": machine,
+        "scenarios": sorted({r.scenario for r in rows}),
+        "rows": [r.to_json() for r in rows],
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a file
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _si(x: float) -> str:
+    """3 significant figures with an SI suffix: 1.23M, 456k, 78.9."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"

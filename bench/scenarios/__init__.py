@@ -1,0 +1,13 @@
+"""The scenario registry: one module per scenario, each exporting ``SCENARIO``.
+
+To add one, write ``bench/scenarios/<name>.py`` with a ``run(budget) -> list[Row]`` that races
+ours against a baseline with ``bench.timing.race``, and list its ``SCENARIO`` below. The order
+here is the order of a full run.
+"""
+
+from __future__ import annotations
+
+from bench.model import Scenario
+from bench.scenarios import decode
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (decode.SCENARIO,)}

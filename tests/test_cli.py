@@ -1,0 +1,109 @@
+"""The ``livechain`` command as a user runs it: a real process, real ports, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.server import SimulatorServer
+from tests.conftest import free_port
+
+UNIT_S = 10.0  # process start-up on a busy 2-core machine takes a few seconds
+SIM = dict(underlyings=("NIFTY",), expiries=1, strikes_per_side=3)
+
+
+def _env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVECHAIN_", "DHAN_"))}
+    env.update({"LIVECHAIN_SIMULATOR__STRIKES_PER_SIDE": "3", "LIVECHAIN_SIMULATOR__EXPIRIES": "1"})
+    env.update(overrides)
+    return env
+
+
+async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _wait_for_line(proc: asyncio.subprocess.Process, needle: str, seen: list[str]) -> None:
+    async with asyncio.timeout(3 * UNIT_S):
+        while True:
+            line = await proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"process ended before {needle!r}: {''.join(seen)}")
+            seen.append(line.decode())
+            if needle in seen[-1]:
+                return
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    async with SimulatorServer(SimulatorConfig(**SIM)) as server:
+        yield server
+
+
+async def test_run_serves_then_stops_cleanly_on_sigterm() -> None:
+    """`livechain run` serves NIFTY on the simulator and exits 0 within seconds of SIGTERM."""
+    port = free_port()
+    proc = await _spawn(_env(LIVECHAIN_HTTP__PORT=str(port)))
+    seen: list[str] = []
+    try:
+        await _wait_for_line(proc, "serving http://", seen)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UNIT_S)) as http:
+            async with http.get(f"http://127.0.0.1:{port}/options/live?underlying=NIFTY") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+        assert body["underlying"] == "NIFTY" and len(body["strikes"]) == 7
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(UNIT_S):
+            rest = await proc.stderr.read()  # type: ignore[union-attr]
+            assert await proc.wait() == 0
+        assert "SIGTERM received" in rest.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_readiness_timeout_exits_3_naming_the_missing(sim: SimulatorServer) -> None:
+    """When coverage never comes the process exits 3 and says how many and which underlyings."""
+    sim.withhold(sorted(sim.universe.contracts)[:2])
+    proc = await _spawn(
+        _env(
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_READINESS__TIMEOUT_S="1",
+            LIVECHAIN_HTTP__PORT=str(free_port()), DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-secret-token",
+        )
+    )
+    async with asyncio.timeout(3 * UNIT_S):
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        code = await proc.wait()
+    assert code == 3, err
+    assert "readiness timeout" in err and "2 instruments without data in: NIFTY (2 missing)" in err
+    assert "eyJ-secret-token" not in err
+
+
+async def test_bad_config_exits_2_naming_the_key() -> None:
+    """A bad environment value stops startup with exit 2 and the variable's name."""
+    proc = await _spawn(_env(LIVECHAIN_READINESS__MIN_COVERAGE="2"))
+    async with asyncio.timeout(UNIT_S):
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 2
+    assert "LIVECHAIN_READINESS__MIN_COVERAGE" in err
+
+
+async def test_missing_credentials_exit_2() -> None:
+    """feed.kind=dhan without credentials exits 2 naming both variables."""
+    proc = await _spawn(_env(LIVECHAIN_FEED__KIND="dhan"))
+    async with asyncio.timeout(UNIT_S):
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 2
+    assert "DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN" in err
