@@ -11,6 +11,7 @@ those errors instead, skips the packet when its length is trustworthy and stops 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -42,8 +43,14 @@ from feeds.dhan.packets import (
 )
 
 _HEADER_SIZE = HEADER.size
-_FULL_DEPTH_AT = 18  # index of the first depth field in FULL's unpacked tuple
 _MD_DEPTH_AT = 5
+# Layouts that skip the code and length bytes ("3x"), so a parser's unpacked tuple is
+# already the packet's fields: fewer Python-level copies per packet.
+_OI_BODY = struct.Struct("<3xBII")
+_PREV_CLOSE_BODY = struct.Struct("<3xBIfI")
+_FULL_BODY = struct.Struct("<3xBIfHIfIIIIIIffff")
+_DEPTH = struct.Struct("<" + "IIHHff" * DEPTH_LEVELS)
+_DEPTH_AT = _FULL_BODY.size
 
 
 _DEPTH_LEN = DEPTH_LEVELS * DEPTH_FIELDS
@@ -63,21 +70,16 @@ def _quote(data: bytes, off: int) -> QuotePacket:
 
 
 def _oi(data: bytes, off: int) -> OIPacket:
-    _, _, seg, sid, oi = OI.unpack_from(data, off)
-    return OIPacket(seg, sid, oi)
+    return _new(OIPacket, _OI_BODY.unpack_from(data, off))
 
 
 def _prev_close(data: bytes, off: int) -> PrevClosePacket:
-    _, _, seg, sid, close, oi = PREV_CLOSE.unpack_from(data, off)
-    return PrevClosePacket(seg, sid, close, oi)
+    return _new(PrevClosePacket, _PREV_CLOSE_BODY.unpack_from(data, off))
 
 
 def _full(data: bytes, off: int) -> FullPacket:
-    v = FULL.unpack_from(data, off)
-    return _new(
-        FullPacket,
-        (v[2], v[3], v[4], v[5], v[6] - IST_OFFSET_S, *v[7:_FULL_DEPTH_AT], v[_FULL_DEPTH_AT : _FULL_DEPTH_AT + _DEPTH_LEN]),
-    )
+    v = _FULL_BODY.unpack_from(data, off)
+    return _new(FullPacket, (v[0], v[1], v[2], v[3], v[4] - IST_OFFSET_S, *v[5:], _DEPTH.unpack_from(data, off + _DEPTH_AT)))
 
 
 def _market_depth(data: bytes, off: int) -> MarketDepthPacket:
@@ -104,6 +106,12 @@ _PARSERS: dict[int, Callable[[bytes, int], Packet]] = {
     ResponseCode.MARKET_STATUS: _market_status,
     ResponseCode.FULL: _full,
     ResponseCode.DISCONNECT: _disconnect,
+}
+
+
+# The decode loop's one lookup: plain-int code → (exact size, parser).
+_FAST: dict[int, tuple[int, Callable[[bytes, int], Packet]]] = {
+    int(code): (PACKET_SIZE[code], parser) for code, parser in _PARSERS.items()
 }
 
 
@@ -147,12 +155,13 @@ def decode_into(data: bytes, out: list[Packet], errors: list[DecodeError]) -> No
     while off < end:
         # Fast path: a known code with its exact size (every packet Dhan sends).
         if end - off >= _HEADER_SIZE:
-            code = data[off]
-            size = PACKET_SIZE.get(code)
-            if size is not None and end - off >= size and data[off + 1] | (data[off + 2] << 8) == size:
-                out.append(_PARSERS[code](data, off))
-                off += size
-                continue
+            fast = _FAST.get(data[off])
+            if fast is not None:
+                size = fast[0]
+                if end - off >= size and data[off + 1] | (data[off + 2] << 8) == size:
+                    out.append(fast[1](data, off))
+                    off += size
+                    continue
         try:
             packet, off = decode_packet(data, off)
         except DecodeError as exc:
