@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run simulate test bench clean
+.PHONY: run simulate test bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,19 @@ run: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/livechain simulate
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# The Redis tests (and the mirror benchmark) start their own redis-server on a free port:
+# install it with apt when it is missing (Debian/Ubuntu, as root or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq >/dev/null && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+bench: $(STAMP) redis-server
 	$(VENV)/bin/python -m bench
 
 clean:

@@ -4,7 +4,10 @@
     ├── DecodeError            a binary packet is truncated or inconsistent
     ├── InstrumentMasterError  the scrip master cannot be read at all
     ├── SubscriptionError      a subscription request is invalid (e.g. over a limit)
-    └── FeedConnectionError    the broker connection failed
+    └── FeedConnectionError    the broker connection failed; retry after a backoff
+        ├── RateLimited        HTTP 429 on the handshake, or 805: wait long before retrying
+        ├── TokenExpired       807: reconnect once a fresh token is available
+        ├── DataStall          the market is open but no data arrived for too long
         └── FatalFeedError     the broker refused us for a reason a retry cannot fix
 
 Library errors (websockets, aiohttp, OSError) are translated where they arise and
@@ -37,6 +40,25 @@ class SubscriptionError(FeedError):
 
 class FeedConnectionError(FeedError):
     """The connection to the broker failed or was lost."""
+
+    # The least time to wait before reconnecting, whatever the backoff says.
+    retry_after_s: float = 0.0
+
+
+class RateLimited(FeedConnectionError):
+    """The broker asked us to slow down (HTTP 429, or disconnect reason 805)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TokenExpired(FeedConnectionError):
+    """Disconnect reason 807: the access token expired."""
+
+
+class DataStall(FeedConnectionError):
+    """The socket is open but silent while the market is open."""
 
 
 class FatalFeedError(FeedConnectionError):

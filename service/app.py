@@ -13,29 +13,31 @@ import datetime as dt
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig, plan_subscriptions
+from feeds.dhan.client import DhanFeed
 from feeds.dhan.instruments import load_scrip_master
-from feeds.dhan.packets import FeedMode
-from feeds.errors import FatalFeedError, InstrumentMasterError, SubscriptionError
+from feeds.errors import FatalFeedError, InstrumentMasterError
 from feeds.model import IST, ChainSkeleton
+from feeds.replay import Recorder, ReplayServer
+from feeds.simulator.server import SimulatorServer
 from service.cache import ChainCache
+from service.chains import CacheChains
+from service.endpoints import build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
+from service.health import Health
 from service.http import HttpContext, make_app
 from service.ingest import Ingest
 from service.lifecycle import Lifecycle, Phase
-from feeds.simulator.config import SimulatorConfig
-from feeds.simulator.server import SimulatorServer
-from service.settings import DHAN_SCRIP_MASTER_URL, Settings, SimulatorSettings, load_dhan_credentials
+from service.metrics import Metrics, metrics_server
+from service.mirror import MirrorStats, RedisMirror
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SIMULATOR_CLIENT_ID = "1000000001"
-SIMULATOR_TOKEN = "simulator-token"
 
 
 @dataclass
@@ -50,36 +52,16 @@ class RunningService:
     http_port: int
     feed_task: asyncio.Task[None]
     simulator: SimulatorServer | None = None
+    replay: ReplayServer | None = None
+    recorder: Recorder | None = None
+    health: Health | None = None
+    metrics: Metrics | None = None
+    metrics_port: int | None = None  # None when metrics are disabled
+    mirror: RedisMirror | None = None  # None when redis.enabled = false
 
 
 def today_ist() -> dt.date:
     return dt.datetime.now(IST).date()
-
-
-def simulator_config(sim: SimulatorSettings) -> SimulatorConfig:
-    try:
-        return SimulatorConfig(
-            seed=sim.seed,
-            underlyings=tuple(sim.underlyings),
-            expiries=sim.expiries,
-            strikes_per_side=sim.strikes_per_side,
-            tick_interval_s=sim.tick_interval_s,
-            trades_per_step=sim.trades_per_step,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid simulator settings: {exc}") from None
-
-
-async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack) -> SimulatorServer:
-    sim = settings.simulator
-    missing = set(settings.instruments.underlyings) - set(sim.underlyings)
-    if missing and settings.instruments.source is None:
-        raise ConfigError(
-            f"instruments.underlyings {sorted(missing)} are not simulated; simulator.underlyings = {list(sim.underlyings)}"
-        )
-    server = await stack.enter_async_context(SimulatorServer(simulator_config(sim), host=sim.host, port=sim.port))
-    log.info("embedded simulator listening on %s", server.feed_url)
-    return server
 
 
 async def _load_instruments(settings: Settings, source: str) -> ChainSkeleton:
@@ -98,33 +80,11 @@ async def _load_instruments(settings: Settings, source: str) -> ChainSkeleton:
         "instruments loaded: %d underlyings, %d instruments (%d rows read, %d used, %d ignored, %d malformed)",
         len(skeleton.underlyings), skeleton.instrument_count(), r.rows_total, r.rows_used, r.rows_ignored,
         r.rows_malformed,
+        extra={"underlyings": sorted(skeleton.underlyings), "instruments": skeleton.instrument_count()},
     )
     for sample in r.malformed_samples:
         log.warning("malformed scrip master row: %s", sample)
     return skeleton
-
-
-def _build_feed(settings: Settings, skeleton: ChainSkeleton, credentials: Credentials, url: str) -> DhanFeed:
-    f = settings.feed
-    config = DhanFeedConfig(
-        url=url,
-        open_timeout_s=f.open_timeout_s,
-        ping_interval_s=f.ping_interval_s,
-        ping_timeout_s=f.ping_timeout_s,
-        close_timeout_s=f.close_timeout_s,
-        reconnect_initial_s=f.reconnect_initial_s,
-        reconnect_max_s=f.reconnect_max_s,
-        healthy_after_s=f.healthy_after_s,
-    )
-    indices = {u.key: u.tick_size for u in skeleton.underlyings.values()}
-    options = {
-        c.key: c.tick_size for u in skeleton.underlyings.values() for e in u.expiries for c in e.contracts()
-    }
-    mode = FeedMode.TICKER if f.index_mode == "ticker" else FeedMode.QUOTE
-    try:
-        return DhanFeed(config, credentials, plan_subscriptions(options, indices, mode))
-    except SubscriptionError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Task[None]) -> None:
@@ -155,9 +115,40 @@ async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Tas
                 log.info(
                     "warming: %d/%d instruments have data (%.1f%%, need %d)",
                     cache.covered, cache.subscribed, 100 * cache.coverage, ingest.coverage_target,
+                    extra={"covered": cache.covered, "subscribed": cache.subscribed, "target": ingest.coverage_target},
                 )
     finally:
         gate.cancel()
+
+
+async def _start_metrics(
+    settings: Settings, health: Health, stack: contextlib.AsyncExitStack
+) -> tuple[Metrics | None, int | None]:
+    """Bind the metrics port first of all, so warm-up (and a failure during it) can be scraped."""
+    m = settings.metrics
+    if not m.enabled:
+        return None, None
+    metrics = Metrics(health)
+    port = await stack.enter_async_context(metrics_server(metrics, m.host, m.port))
+    return metrics, port
+
+
+async def _start_mirror(
+    settings: Settings, cache: ChainCache, health: Health, stack: contextlib.AsyncExitStack
+) -> RedisMirror | None:
+    """Mirror the cache into Redis from before the feed starts, so warm-up state is mirrored too.
+
+    Entered before the feed task, it is closed after it: its last flush carries the last ticks.
+    Health (and metrics) see the mirror from its first connection on: with redis.enabled =
+    auto and no Redis around, the mirror is simply off, not a problem to report.
+    """
+    if settings.redis.enabled is False:
+        return None
+
+    def attach(stats: MirrorStats) -> None:
+        health.mirror = stats
+
+    return await stack.enter_async_context(RedisMirror(cache, settings.redis, on_connect=attach))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -172,24 +163,23 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     lifecycle = Lifecycle()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lifecycle.stopped)
-        simulator = None
-        if settings.feed.kind == "simulator":
-            simulator = await _start_simulator(settings, stack)
-            credentials = Credentials(SIMULATOR_CLIENT_ID, lambda: SIMULATOR_TOKEN)
-            feed_url = simulator.feed_url
-            source = settings.instruments.source or simulator.scrip_master_url
-        else:
-            creds = load_dhan_credentials()
-            credentials = Credentials(creds.client_id.get_secret_value(), creds.access_token.get_secret_value)
-            feed_url = settings.feed.url
-            source = settings.instruments.source or DHAN_SCRIP_MASTER_URL
-
-        skeleton = await _load_instruments(settings, source)
+        health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s)
+        metrics, metrics_port = await _start_metrics(settings, health, stack)
+        endpoint = await open_endpoint(settings, stack)
+        skeleton = await _load_instruments(settings, endpoint.scrip_master)
         cache = ChainCache(skeleton)
-        feed = _build_feed(settings, skeleton, credentials, feed_url)
+        feed = build_feed(settings, skeleton, endpoint)
+        recorder = open_recorder(settings, skeleton, feed)
+        if recorder is not None:
+            stack.callback(recorder.close)
+        health.cache, health.feed = cache, feed
+        mirror = await _start_mirror(settings, cache, health, stack)
         ingest = Ingest(
-            cache, lifecycle, min_coverage=settings.readiness.min_coverage, connections=len(feed.connections)
+            cache, lifecycle, min_coverage=settings.readiness.min_coverage, connections=len(feed.connections),
+            latency=metrics.ingest_latency if metrics is not None else None,
         )
+        if metrics is not None:
+            metrics.attach_ingest(ingest)
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
         stack.push_async_callback(_cancel, feed_task)
@@ -200,7 +190,11 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             raise FeedFatal(str(exc)) from exc
 
         app = make_app(
-            HttpContext(cache, lifecycle, settings.cache.stale_after_s, settings.http.cors_allow_origins)
+            HttpContext(
+                CacheChains(cache, settings.cache.stale_after_s), lifecycle, settings.http.cors_allow_origins,
+                health=health,
+            ),
+            outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout_s,
                                access_log=None)
@@ -212,7 +206,10 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         port = runner.addresses[0][1]
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
-        yield RunningService(settings, lifecycle, cache, ingest, feed, port, feed_task, simulator)
+        yield RunningService(
+            settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
+            health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror,
+        )
 
 
 async def _serve(settings: Settings) -> None:
@@ -226,8 +223,20 @@ async def run_service(settings: Settings) -> None:
     A signal cancels the serving task wherever it is (warming included); the exit stack then
     tears everything down in reverse: HTTP port, feed (sending Dhan's disconnect), simulator.
     """
+    await _until_signalled(_serve(settings))
+
+
+async def run_replica(settings: Settings) -> None:
+    """``livechain replica``: serve the HTTP API from Redis until SIGINT/SIGTERM."""
+    from service.replica import serve_replica
+
+    await _until_signalled(serve_replica(settings))
+
+
+async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` as a task that SIGINT/SIGTERM cancel; a signal is a clean stop, not an error."""
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(_serve(settings), name="service")
+    task = asyncio.create_task(main, name="service")
     stopping = False
 
     def request_stop(sig: signal.Signals) -> None:
@@ -249,17 +258,3 @@ async def run_service(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
-
-SIMULATE_DEFAULT_PORT = 8765
-
-
-async def simulate(sim: SimulatorSettings, *, host: str | None, port: int | None) -> None:
-    """``livechain simulate``: the simulator alone, until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    from feeds.simulator.server import serve_forever
-
-    port = port if port is not None else (sim.port or SIMULATE_DEFAULT_PORT)
-    await serve_forever(simulator_config(sim), host or sim.host, port, stop)

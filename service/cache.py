@@ -7,6 +7,11 @@ immutable ``ChainSnapshot``s (see ``service.snapshot``), rendered at most once p
 Versions come from one counter that starts at the wall clock in microseconds and grows by
 one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
 across restarts.
+
+Every leg that changes is added to ``dirty`` (one ``set.add`` per tick), which the Redis
+mirror drains with ``take_dirty``. The set holds legs, not values, so it is bounded by the
+number of instruments and coalesces by construction: the mirror reads each leg's state at
+flush time, so the latest value wins however many ticks came in between.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class Leg:
         self.updated_at: float | None = None
         self.seen = False
         self.stale = False
-        self.doc: dict[str, Any] | None = None  # rendered form, dropped on every change
+        self.doc: bytes | None = None  # the leg's JSON object (service.snapshot), dropped on every change
 
 
 class Chain:
@@ -82,6 +87,10 @@ class ChainCache:
         self.ticks_applied = 0
         self.ticks_unknown = 0
         self.batches_applied = 0
+        # Legs changed since the mirror last drained them, and when the oldest of those changes
+        # was applied (monotonic seconds): the start of the mirror's lag.
+        self.dirty: set[Leg] = set()
+        self.dirty_since: float | None = None
         for symbol, und in skeleton.underlyings.items():
             index = Leg(und.key, None)
             self.legs[und.key] = index
@@ -120,6 +129,7 @@ class ChainCache:
         """Apply a batch of ticks in order; every chain touched gets the batch's new version."""
         version = self._next_version()
         legs = self.legs
+        changed = self.dirty.add
         for t in ticks:
             leg = legs.get(t[0])
             if leg is None:
@@ -141,6 +151,7 @@ class ChainCache:
             else:
                 raise TypeError(f"not a tick: {cls.__name__}")
             leg.doc = None
+            changed(leg)
             if not leg.seen:
                 self._first_data(leg)
             if leg.stale:
@@ -150,6 +161,8 @@ class ChainCache:
                 chain.updated_at = leg.updated_at
         self.ticks_applied += len(ticks)
         self.batches_applied += 1
+        if self.dirty_since is None and self.dirty:
+            self.dirty_since = time.monotonic()
 
     def mark_stale(self, keys: Iterable[InstrumentKey]) -> int:
         """Mark instruments stale until fresh data arrives (their feed connection was lost)."""
@@ -159,10 +172,28 @@ class ChainCache:
             leg = self.legs.get(key)
             if leg is not None and not leg.stale:
                 self._set_stale(leg, True)
+                self.dirty.add(leg)
                 for chain in leg.chains:
                     chain.version = version
                 marked += 1
+        if marked and self.dirty_since is None:
+            self.dirty_since = time.monotonic()
         return marked
+
+    # ------------------------------------------------------------------ the change log's one reader
+
+    def take_dirty(self) -> tuple[set[Leg], float | None]:
+        """The legs changed since the last call and when the oldest change was applied; resets both."""
+        taken, since = self.dirty, self.dirty_since
+        self.dirty = set()
+        self.dirty_since = None
+        return taken, since
+
+    def restore_dirty(self, legs: Iterable[Leg], since: float | None) -> None:
+        """Give back legs whose write failed, so they are written again with whatever came later."""
+        self.dirty.update(legs)
+        if since is not None and (self.dirty_since is None or since < self.dirty_since):
+            self.dirty_since = since
 
     def _first_data(self, leg: Leg) -> None:
         leg.seen = True

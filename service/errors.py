@@ -3,7 +3,8 @@
     ServiceError
     ├── ConfigError        settings or credentials invalid      → exit 2
     ├── ReadinessTimeout   the cache never reached coverage     → exit 3
-    └── FeedFatal          the broker refused us for good       → exit 4
+    ├── FeedFatal          the broker refused us for good       → exit 4
+    └── RedisUnavailable   redis.enabled = true and no Redis    → exit 5
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class ReadinessTimeout(ServiceError):
 
 class FeedFatal(ServiceError):
     exit_code = 4
+
+
+class RedisUnavailable(ServiceError):
+    exit_code = 5

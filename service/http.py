@@ -1,35 +1,37 @@
 """The HTTP API: ``/options/live``, ``/options/underlyings``, ``/healthz``, ``/readyz``.
 
-Handlers only read: they ask the cache for a chain and return its pre-serialised snapshot
-bytes. Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status.
+Handlers only read: they ask a ``ChainSource`` (the primary's cache, or a read replica's
+Redis-loaded store) for a chain and return its pre-serialised snapshot bytes, so the same
+handlers serve both. Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
 from feeds.model import IST
-from service.cache import ChainCache
+from service.chains import ChainSource
+from service.health import Health
 from service.lifecycle import Lifecycle
-from service.snapshot import render
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class HttpContext:
-    cache: ChainCache
+    chains: ChainSource
     lifecycle: Lifecycle
-    stale_after_s: float
     cors_allow_origins: tuple[str, ...] = ()
+    health: Health | None = None  # why a serving process is degraded; see service.health
 
 
 CONTEXT = web.AppKey("context", HttpContext)
@@ -65,19 +67,20 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 async def options_live(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    cache = ctx.cache
+    chains = request.app[CONTEXT].chains
     raw_underlying = request.query.get("underlying", "").strip()
     if not raw_underlying:
         raise ApiError(400, "missing_parameter", "query parameter 'underlying' is required, e.g. ?underlying=NIFTY")
     underlying = raw_underlying.upper()
     if not underlying.replace("-", "").replace("&", "").isalnum() or len(underlying) > 32:
         raise ApiError(400, "bad_parameter", "'underlying' must be a symbol such as NIFTY")
-    if underlying not in cache.expiries:
+    expiries = chains.expiries(underlying)
+    if expiries is None:
         raise ApiError(404, "unknown_underlying", f"underlying {underlying!r} is not served; see /options/underlyings")
     raw_expiry = request.query.get("expiry")
     if raw_expiry is None or raw_expiry == "":
-        expiry = cache.nearest_expiry(underlying, _today_ist())
+        today = _today_ist()
+        expiry = next((e for e in expiries if e >= today), None)
         if expiry is None:
             raise ApiError(404, "no_expiry", f"{underlying} has no unexpired expiry loaded")
     else:
@@ -87,11 +90,10 @@ async def options_live(request: web.Request) -> web.StreamResponse:
                 raise ValueError(raw_expiry)
         except ValueError:
             raise ApiError(400, "bad_parameter", "'expiry' must be a date as YYYY-MM-DD") from None
-    chain = cache.chains.get((underlying, expiry))
-    if chain is None:
-        listed = ", ".join(d.isoformat() for d in cache.expiries[underlying])
+    snap = chains.snapshot(underlying, expiry)
+    if snap is None:
+        listed = ", ".join(d.isoformat() for d in expiries)
         raise ApiError(404, "unknown_expiry", f"{underlying} has no expiry {expiry.isoformat()}; expiries: {listed}")
-    snap = render(chain, cache.is_stale(chain, ctx.stale_after_s))
     headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
     if _etag_matches(request.headers.get("If-None-Match"), snap.etag):
         return web.Response(status=304, headers=headers)
@@ -99,19 +101,16 @@ async def options_live(request: web.Request) -> web.StreamResponse:
 
 
 async def options_underlyings(request: web.Request) -> web.StreamResponse:
-    cache = request.app[CONTEXT].cache
     body = {
         "underlyings": [
             {
-                "underlying": symbol,
-                "security_id": cache.index_keys[symbol][1],
+                "underlying": u.underlying,
+                "security_id": u.security_id,
                 "expiries": [
-                    {"expiry": e.isoformat(), "lot_size": cache.chains[(symbol, e)].lot_size,
-                     "strikes": len(cache.chains[(symbol, e)].rows)}
-                    for e in expiries
+                    {"expiry": e.expiry.isoformat(), "lot_size": e.lot_size, "strikes": e.strikes} for e in u.expiries
                 ],
             }
-            for symbol, expiries in cache.expiries.items()
+            for u in request.app[CONTEXT].chains.underlyings()
         ]
     }
     return _json(body)
@@ -129,10 +128,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         "ready": lc.serving,
         "phase": lc.phase.value,
         "reason": lc.reason,
-        "coverage": round(ctx.cache.coverage, 6),
-        "instruments": ctx.cache.subscribed,
-        "covered": ctx.cache.covered,
+        **ctx.chains.readiness(),
     }
+    if ctx.health is not None:
+        body.update(ctx.health.report().verdict())
     return _json(body, 200 if lc.serving else 503)
 
 
@@ -173,10 +172,12 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
     return cors
 
 
-def make_app(context: HttpContext) -> web.Application:
+def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """``outer_middlewares`` wrap everything else (e.g. metrics, which must see final statuses)."""
     middlewares = [errors_middleware]
     if context.cors_allow_origins:
         middlewares.insert(0, cors_middleware(context.cors_allow_origins))
+    middlewares[:0] = outer_middlewares
     app = web.Application(middlewares=middlewares)
     app[CONTEXT] = context
     app.router.add_get("/options/live", options_live)

@@ -1,7 +1,9 @@
 """Feed events → cache: the cache's one owner, and the keeper of the readiness gate.
 
 ``Ingest`` is the ``FeedSink`` every feed source pushes into. ``on_ticks`` applies a batch
-synchronously; the only per-batch extra work is one comparison for the gate while warming.
+synchronously; the only per-batch extra work is one comparison for the gate while warming
+and, with metrics on, one clock read and one histogram observation of the batch's
+receive-to-applied latency (never anything per tick).
 Connection events mark instruments stale and move the lifecycle between ready and degraded.
 """
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from feeds.model import Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedEvent, ServerDisconnect
@@ -20,9 +24,24 @@ from service.lifecycle import Lifecycle, Phase
 log = logging.getLogger(__name__)
 
 
+class Observer(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
 class Ingest:
-    def __init__(self, cache: ChainCache, lifecycle: Lifecycle, *, min_coverage: float, connections: int) -> None:
+    def __init__(
+        self,
+        cache: ChainCache,
+        lifecycle: Lifecycle,
+        *,
+        min_coverage: float,
+        connections: int,
+        latency: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cache = cache
+        self.latency = latency  # receive-to-applied seconds, observed once per batch
+        self._clock = clock  # the feed stamps received_at with time.time(): the same clock
         self.lifecycle = lifecycle
         self.gate = asyncio.Event()
         # Integer target so the per-batch check is one int comparison.
@@ -41,6 +60,9 @@ class Ingest:
         self.cache.apply(ticks)
         self.batches += 1
         self.ticks += len(ticks)
+        if self.latency is not None and ticks:
+            # The oldest tick of the batch: its wait is the batch's worst.
+            self.latency.observe(self._clock() - ticks[0].received_at)
         if not self.gate.is_set() and self.cache.covered >= self._target:
             self.gate.set()
 

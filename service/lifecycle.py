@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 class Phase(StrEnum):
     STARTING = "starting"  # loading settings and instruments
-    WARMING = "warming"  # feed connected, waiting for the readiness gate
+    WARMING = "warming"  # waiting for data: the feed's readiness gate, or a replica's load from Redis
     READY = "ready"  # serving fresh data
     DEGRADED = "degraded"  # serving, but part of the data is known to be stale
     STOPPING = "stopping"
@@ -24,7 +24,8 @@ class Phase(StrEnum):
 ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.STARTING: frozenset({Phase.WARMING, Phase.STOPPING}),
     Phase.WARMING: frozenset({Phase.READY, Phase.STOPPING}),
-    Phase.READY: frozenset({Phase.DEGRADED, Phase.STOPPING}),
+    # READY → WARMING: a read replica that lost Redis stops serving until it has reloaded.
+    Phase.READY: frozenset({Phase.DEGRADED, Phase.WARMING, Phase.STOPPING}),
     Phase.DEGRADED: frozenset({Phase.READY, Phase.STOPPING}),
     Phase.STOPPING: frozenset({Phase.STOPPED}),
     Phase.STOPPED: frozenset(),
@@ -50,6 +51,7 @@ class Lifecycle:
         log.log(
             logging.WARNING if phase is Phase.DEGRADED else logging.INFO,
             "lifecycle %s → %s: %s", self.phase, phase, reason,
+            extra={"phase": phase.value, "previous_phase": self.phase.value, "reason": reason},
         )
         self.phase = phase
         self.reason = reason

@@ -1,4 +1,10 @@
-"""Logging setup: readable text by default, one JSON object per line when configured."""
+"""Logging setup: readable text by default, one JSON object per line when configured.
+
+A JSON line carries ``ts`` (IST, ms), ``level``, ``logger``, ``message`` and every structured
+field passed with ``extra={...}`` (e.g. ``phase``, ``covered``, ``connection``), so the
+lifecycle can be followed by a log query as well as read. Text lines show only the message:
+call sites put what matters in it too.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ import orjson
 from feeds.model import IST
 
 
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -19,9 +29,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in doc:
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        # default=str: an extra orjson cannot encode (an enum member, a path) is still logged.
+        return orjson.dumps(doc, default=str).decode()
 
 
 def configure_logging(level: str = "INFO", json_format: bool = False) -> None:

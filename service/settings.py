@@ -8,6 +8,7 @@ Broker credentials are not settings: they come only from ``DHAN_CLIENT_ID`` and
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from pathlib import Path
@@ -28,7 +29,8 @@ class _Section(BaseModel):
 
 
 class FeedSettings(_Section):
-    kind: Literal["simulator", "dhan"] = "simulator"
+    # simulator: the embedded Dhan simulator; dhan: Dhan's live feed; replay: a recording.
+    kind: Literal["simulator", "dhan", "replay"] = "simulator"
     url: str = "wss://api-feed.dhan.co"
     index_mode: Literal["ticker", "quote"] = "quote"
     open_timeout_s: float = Field(10.0, gt=0)
@@ -38,6 +40,13 @@ class FeedSettings(_Section):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     healthy_after_s: float = Field(30.0, gt=0)
+    # Silence this long while the market is open means the socket is dead: reconnect.
+    stall_timeout_s: float = Field(30.0, gt=0)
+    rate_limit_cooloff_s: float = Field(60.0, ge=60)  # after HTTP 429 on the handshake (Dhan: ≥ 60 s)
+    too_many_connections_backoff_s: float = Field(120.0, ge=30)  # after disconnect reason 805
+    # Read the access token from this file at every connect instead of DHAN_ACCESS_TOKEN, so
+    # a token refreshed overnight (or after an 807) is picked up without a restart.
+    token_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -56,6 +65,8 @@ class InstrumentsSettings(_Section):
     underlyings: tuple[str, ...] = ("NIFTY",)
     max_expiries: int = Field(2, ge=1, le=50)
     load_timeout_s: float = Field(60.0, gt=0)
+    # How often to check whether an expiry has passed (then the chain set rolls forward).
+    roll_check_s: float = Field(60.0, gt=0)
 
     @field_validator("underlyings")
     @classmethod
@@ -94,9 +105,63 @@ class SimulatorSettings(_Section):
     trades_per_step: int = Field(30, ge=0)
 
 
+class MarketSettings(_Section):
+    # auto: around the clock on the simulator and replays, NSE hours on Dhan's feed.
+    schedule: Literal["auto", "nse", "always_open", "never_open"] = "auto"
+    open_time: dt.time = dt.time(9, 15)
+    close_time: dt.time = dt.time(15, 30)
+    holidays_file: Path = Path("config/nse-holidays.toml")
+
+
+class RecordSettings(_Section):
+    # Set to record every raw frame (livechain record sets it); segments rotate at max_bytes.
+    path: Path | None = None
+    max_bytes: int = Field(64 * 2**20, ge=4096)
+    max_files: int = Field(10, ge=1)
+
+
+class ReplaySettings(_Section):
+    file: Path | None = None
+    speed: float = Field(1.0, ge=0)  # 0: as fast as the socket takes the frames
+
+
+class RedisSettings(_Section):
+    """The Redis mirror (primary) and the Redis source of a read replica; see README "Redis"."""
+
+    # redis://[[user]:password@]host:port/db, rediss:// for TLS, or unix://; a secret because
+    # it may carry a password: it is logged only with the password masked.
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # auto: mirror when Redis is reachable, say so once when it is not and keep retrying
+    # quietly with backoff; true: required (startup fails without it); false: no mirror.
+    enabled: Literal["auto"] | bool = "auto"
+    flush_interval_s: float = Field(0.05, gt=0)  # how often changed legs are written
+    # Entries kept in the livechain:changes stream (approximate trim): one entry per changed
+    # chain per flush, each about 450 bytes per changed leg.
+    stream_maxlen: int = Field(10_000, ge=100)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)  # one command or pipelined flush
+    reconnect_initial_s: float = Field(0.2, gt=0)  # backoff: exponential, full jitter, capped
+    reconnect_max_s: float = Field(5.0, gt=0)  # a PING to a dead Redis is cheap: recover soon after it is back
+    replica_block_s: float = Field(1.0, gt=0)  # a replica's XREAD BLOCK
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
+
+
+class MetricsSettings(_Section):
+    # Prometheus endpoint on its own port, bound at process start so warm-up is observable.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)  # 0: a free port (tests)
 
 
 class Settings(BaseSettings):
@@ -114,7 +179,12 @@ class Settings(BaseSettings):
     readiness: ReadinessSettings = ReadinessSettings()
     cache: CacheSettings = CacheSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    market: MarketSettings = MarketSettings()
+    record: RecordSettings = RecordSettings()
+    replay: ReplaySettings = ReplaySettings()
+    redis: RedisSettings = RedisSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

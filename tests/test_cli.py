@@ -22,6 +22,8 @@ SIM = dict(underlyings=("NIFTY",), expiries=1, strikes_per_side=3)
 def _env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVECHAIN_", "DHAN_"))}
     env.update({"LIVECHAIN_SIMULATOR__STRIKES_PER_SIDE": "3", "LIVECHAIN_SIMULATOR__EXPIRIES": "1"})
+    env["LIVECHAIN_METRICS__PORT"] = "0"  # never the fixed default: suites may run side by side
+    env["LIVECHAIN_REDIS__ENABLED"] = "false"  # hermetic: never a developer's Redis on 6379
     env.update(overrides)
     return env
 
@@ -107,3 +109,98 @@ async def test_missing_credentials_exit_2() -> None:
         err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
         assert await proc.wait() == 2
     assert "DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN" in err
+
+
+async def test_sigterm_sends_dhan_disconnect_before_closing(sim: SimulatorServer) -> None:
+    """On SIGTERM the client sends {"RequestCode": 12}, closes, and the process exits 0."""
+    proc = await _spawn(
+        _env(
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
+            DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
+        )
+    )
+    seen: list[str] = []
+    try:
+        await _wait_for_line(proc, "serving http://", seen)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(UNIT_S):
+            await proc.stderr.read()  # type: ignore[union-attr]
+            assert await proc.wait() == 0
+        async with asyncio.timeout(UNIT_S):
+            while sim.connections_open:
+                await asyncio.sleep(0.01)
+        assert sim.stats.disconnect_requests == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_fatal_broker_refusal_exits_4(sim: SimulatorServer) -> None:
+    """A code-50 808 after startup stops the process with exit 4, naming the reason."""
+    proc = await _spawn(
+        _env(
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
+            DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
+        )
+    )
+    seen: list[str] = []
+    try:
+        await _wait_for_line(proc, "serving http://", seen)
+        sim.disconnect_all(808)
+        async with asyncio.timeout(UNIT_S):
+            err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            assert await proc.wait() == 4
+        assert "808" in err and "authentication failed" in err
+        assert sim.stats.connections_accepted == 1  # no reconnect storm
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_record_then_replay_from_the_command_line(tmp_path) -> None:  # noqa: ANN001
+    """`livechain record` writes a recording; `livechain replay FILE --speed 0` serves it."""
+    out = tmp_path / "rec.lcr"
+    port = free_port()
+    env = _env(LIVECHAIN_HTTP__PORT=str(port))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "record", "--out", str(out), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+    try:
+        await _wait_for_line(proc, "serving http://", seen)
+        await asyncio.sleep(0.5)  # some live ticks
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(UNIT_S):
+            await proc.stderr.read()  # type: ignore[union-attr]
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (tmp_path / "rec.0001.lcr").stat().st_size > 1000
+    port = free_port()
+    replay = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "replay", str(out), "--speed", "0", env=_env(LIVECHAIN_HTTP__PORT=str(port)),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    seen = []
+    try:
+        await _wait_for_line(replay, "serving http://", seen)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UNIT_S)) as http:
+            async with http.get(f"http://127.0.0.1:{port}/options/live?underlying=NIFTY") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+        assert all(row["ce"]["ltp"] is not None for row in body["strikes"])
+        replay.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(UNIT_S):
+            await replay.stderr.read()  # type: ignore[union-attr]
+            assert await replay.wait() == 0
+    finally:
+        if replay.returncode is None:
+            replay.kill()
+            await replay.wait()

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feeds.model import ChainSkeleton
 from service.cache import ChainCache
+from service.chains import CacheChains
 from service.http import HttpContext, make_app
 from service.lifecycle import Lifecycle, Phase
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
@@ -41,7 +42,7 @@ def lifecycle() -> Lifecycle:
 
 @pytest.fixture
 async def client(cache: ChainCache, lifecycle: Lifecycle) -> AsyncIterator[TestClient]:
-    app = make_app(HttpContext(cache, lifecycle, 30.0, ("http://dash.example",)))
+    app = make_app(HttpContext(CacheChains(cache, 30.0), lifecycle, ("http://dash.example",)))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 

@@ -39,6 +39,8 @@ def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
         "readiness": {"timeout_s": 4 * UNIT_S},
         "feed": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.2},
         "simulator": {**SIM, "underlyings": ["NIFTY"]},
+        "metrics": {"port": 0},  # never the fixed default: suites may run side by side
+        "redis": {"enabled": False},  # hermetic: never a developer's Redis; tests/test_mirror.py starts its own
     }
     if sim is not None:
         base["feed"].update(kind="dhan", url=sim.feed_url)

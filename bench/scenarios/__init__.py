@@ -8,6 +8,6 @@ here is the order of a full run.
 from __future__ import annotations
 
 from bench.model import Scenario
-from bench.scenarios import decode
+from bench.scenarios import decode, metrics, mirror, recovery
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (decode.SCENARIO,)}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (decode.SCENARIO, recovery.SCENARIO, metrics.SCENARIO, mirror.SCENARIO)}

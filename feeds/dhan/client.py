@@ -4,8 +4,20 @@
 instruments (Dhan's budget, reference §2.2); each ``_Connection`` connects to
 ``<url>?version=2&token=…&clientId=…&authType=2``, sends its subscriptions in messages of at
 most 100, decodes every binary frame and hands normalised ticks to the sink in batches.
-A dropped connection reconnects with capped exponential backoff and full jitter and
-resubscribes its whole set, because Dhan keeps no subscription state across connections.
+
+Failures are classified, not retried blindly (reference §4.9, §8.3, §8.9):
+
+* dropped socket, close without reason, 800 → capped exponential backoff with full jitter,
+  reset after a healthy session; every reconnect resubscribes the connection's whole set,
+  because Dhan keeps no subscription state across connections;
+* silence while the market is open (a socket that stays up but sends nothing) → the
+  watchdog closes it and it reconnects; silence while the market is closed is expected;
+* HTTP 429 on the handshake → a cool-off of at least ``rate_limit_cooloff_s`` (≥ 60 s);
+* 805 (too many connections: another session is using this account) → a long backoff and a
+  loud warning, because reconnecting at once would kick the other session in turn;
+* 807 (token expired) → the token is read again from its source; a new one reconnects at
+  once, the same one stops the feed with a clear error;
+* 806/808/809/810 → ``FatalFeedError``: credentials or plan must change, retrying cannot help.
 
 The access token travels in the URL, so the URL is never logged and library errors that
 could quote it are reduced to their type and status before they leave this module.
@@ -17,16 +29,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from feeds.errors import DecodeError, FatalFeedError, FeedConnectionError, SubscriptionError
-from feeds.model import InstrumentKey, Tick
-from feeds.source import ConnectionDown, ConnectionUp, FeedSink, ServerDisconnect
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import DisconnectPacket, DisconnectReason, FeedMode, Packet
@@ -35,7 +45,20 @@ from feeds.dhan.requests import (
     MAX_INSTRUMENTS_PER_CONNECTION,
     disconnect_message,
     subscribe_messages,
+    unsubscribe_messages,
 )
+from feeds.errors import (
+    DataStall,
+    DecodeError,
+    FatalFeedError,
+    FeedConnectionError,
+    RateLimited,
+    SubscriptionError,
+    TokenExpired,
+)
+from feeds.model import InstrumentKey, Tick
+from feeds.source import ConnectionDown, ConnectionUp, FeedSink, ServerDisconnect
+from feeds.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +82,15 @@ REASON_TEXT = {
     810: "client id invalid",
 }
 
+# A frame tap (e.g. the recorder) sees every raw frame: (connection index, receive time, frame).
+FrameTap = Callable[[int, float, bytes], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
     client_id: str
     access_token: Callable[[], str] = field(repr=False)  # read at every connect: tokens rotate
+    token_source: str = "DHAN_ACCESS_TOKEN"  # named in errors, e.g. a token file's path
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +104,17 @@ class DhanFeedConfig:
     reconnect_max_s: float = 30.0
     # A session that stayed up this long resets the backoff to its initial delay.
     healthy_after_s: float = 30.0
+    # Silence this long while the market is open means the feed is dead.
+    stall_timeout_s: float = 30.0
+    rate_limit_cooloff_s: float = 60.0  # after HTTP 429 (reference §8.9: ≥ 60 s)
+    too_many_connections_backoff_s: float = 120.0  # after 805
     max_batch_ticks: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("open_timeout_s", "close_timeout_s", "reconnect_initial_s", "reconnect_max_s"):
+        for name in (
+            "open_timeout_s", "close_timeout_s", "reconnect_initial_s", "reconnect_max_s", "stall_timeout_s",
+            "rate_limit_cooloff_s", "too_many_connections_backoff_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.reconnect_max_s < self.reconnect_initial_s:
@@ -99,17 +133,22 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
     return rng.uniform(0.0, min(max_s, initial_s * (2 ** min(attempt, 30))))
 
 
+def check_budget(count: int) -> None:
+    """Fail with the numbers when ``count`` subscriptions cannot fit Dhan's connection budget."""
+    budget = MAX_CONNECTIONS * MAX_INSTRUMENTS_PER_CONNECTION
+    if count > budget:
+        needed = -(-count // MAX_INSTRUMENTS_PER_CONNECTION)
+        raise SubscriptionError(
+            f"{count} subscriptions need {needed} connections; Dhan allows {MAX_CONNECTIONS} x "
+            f"{MAX_INSTRUMENTS_PER_CONNECTION} = {budget}. Subscribe fewer underlyings or expiries."
+        )
+
+
 def shard(subscriptions: Sequence[Subscription]) -> list[list[Subscription]]:
     """Pack subscriptions into at most 5 connections of at most 5000, or fail with the numbers."""
-    needed = -(-len(subscriptions) // MAX_INSTRUMENTS_PER_CONNECTION)
-    if needed > MAX_CONNECTIONS:
-        raise SubscriptionError(
-            f"{len(subscriptions)} subscriptions need {needed} connections; Dhan allows "
-            f"{MAX_CONNECTIONS} x {MAX_INSTRUMENTS_PER_CONNECTION} = "
-            f"{MAX_CONNECTIONS * MAX_INSTRUMENTS_PER_CONNECTION}. Subscribe fewer underlyings or expiries."
-        )
+    check_budget(len(subscriptions))
     size = MAX_INSTRUMENTS_PER_CONNECTION
-    return [list(subscriptions[i : i + size]) for i in range(0, len(subscriptions), size)]
+    return [list(subscriptions[i : i + size]) for i in range(0, len(subscriptions), size)] or [[]]
 
 
 @dataclass(slots=True)
@@ -126,6 +165,13 @@ class ConnectionStats:
     last_frame_at: float | None = None
     connected: bool = False
     last_error: str | None = None
+    disconnects_by_reason: dict[str, int] = field(default_factory=dict)  # why sessions ended
+    server_disconnect_codes: dict[int, int] = field(default_factory=dict)  # code-50 reasons
+    # Keyed by packet class: the receive loop already has it in hand, a name would cost a lookup.
+    packets_by_type: Counter[type] = field(default_factory=Counter)
+
+    def count_end(self, reason: str) -> None:
+        self.disconnects_by_reason[reason] = self.disconnects_by_reason.get(reason, 0) + 1
 
 
 class DhanFeed:
@@ -137,41 +183,46 @@ class DhanFeed:
         credentials: Credentials,
         subscriptions: Sequence[Subscription],
         *,
+        is_market_open: Callable[[float], bool] = lambda now: True,
+        tap: FrameTap | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._credentials = credentials
         self._normalizer = Normalizer({s.key: s.tick_size for s in subscriptions})
         self._rng = rng or random.Random()
-        self.connections = [
-            _Connection(i, group, self) for i, group in enumerate(shard(list(subscriptions)))
-        ]
+        self.is_market_open = is_market_open
+        self.tap = tap
+        self.connections = [_Connection(i, group, self) for i, group in enumerate(shard(list(subscriptions)))]
+        self._group: asyncio.TaskGroup | None = None
+        self._sink: FeedSink | None = None
 
     @property
     def instruments(self) -> frozenset[InstrumentKey]:
-        return frozenset(s.key for c in self.connections for s in c.subscriptions)
+        return frozenset(s.key for c in self.connections for s in c.subscriptions.values())
 
     @property
     def unknown_instrument_packets(self) -> int:
         return self._normalizer.unknown_instrument_packets
 
-    def url(self) -> str:
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    def url(self, token: str) -> str:
         query = urlencode(
-            {
-                "version": "2",
-                "token": self._credentials.access_token(),
-                "clientId": self._credentials.client_id,
-                "authType": "2",
-            }
+            {"version": "2", "token": token, "clientId": self._credentials.client_id, "authType": "2"}
         )
         return f"{self.config.url.rstrip('/')}?{query}"
 
     async def run(self, sink: FeedSink) -> None:
         """Run every connection until cancelled; a FatalFeedError from any one stops them all."""
+        self._sink = sink
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 for conn in self.connections:
-                    group.create_task(conn.run(sink), name=f"dhan-feed-{conn.index}")
+                    conn.start(group, sink)
         except ExceptionGroup as group_error:
             # Callers handle one error, not a group: a fatal broker refusal first, else the first.
             errors = group_error.exceptions
@@ -179,56 +230,146 @@ class DhanFeed:
             for other in errors[1:]:
                 log.error("feed connection failed as well: %r", other)
             raise (fatal or list(errors))[0] from None
+        finally:
+            self._group = None
+
+    async def update_subscriptions(self, subscriptions: Sequence[Subscription]) -> tuple[int, int]:
+        """Move to a new subscription set with unsubscribe/subscribe messages on live sockets.
+
+        Removed instruments are unsubscribed where they are held; added ones go to the
+        connections with room, opening a new connection only when all are full. Returns
+        (added, removed). Raises SubscriptionError, changing nothing, if the set cannot fit.
+        """
+        check_budget(len(subscriptions))
+        wanted = {(s.key, s.mode): s for s in subscriptions}
+        held = {(s.key, s.mode): s for c in self.connections for s in c.subscriptions.values()}
+        removed = [held[k] for k in held.keys() - wanted.keys()]
+        added = [wanted[k] for k in wanted.keys() - held.keys()]
+        self._normalizer.update({s.key: s.tick_size for s in added}, {s.key for s in removed} - {s.key for s in subscriptions})
+        for conn in self.connections:
+            mine = [s for s in removed if (s.key, s.mode) in conn.subscriptions]
+            if mine:
+                await conn.unsubscribe(mine)
+        pending = list(added)
+        for conn in self.connections:
+            room = MAX_INSTRUMENTS_PER_CONNECTION - len(conn.subscriptions)
+            if pending and room > 0:
+                take, pending = pending[:room], pending[room:]
+                await conn.subscribe(take)
+        while pending:
+            take, pending = pending[:MAX_INSTRUMENTS_PER_CONNECTION], pending[MAX_INSTRUMENTS_PER_CONNECTION:]
+            conn = _Connection(len(self.connections), take, self)
+            self.connections.append(conn)
+            if self._group is not None and self._sink is not None:
+                conn.start(self._group, self._sink)
+        log.info("subscriptions updated: %d added, %d removed", len(added), len(removed))
+        return len(added), len(removed)
 
 
 class _Connection:
-    def __init__(self, index: int, subscriptions: list[Subscription], feed: DhanFeed) -> None:
+    def __init__(self, index: int, subscriptions: Iterable[Subscription], feed: DhanFeed) -> None:
         self.index = index
-        self.subscriptions = subscriptions
-        self.keys = tuple(dict.fromkeys(s.key for s in subscriptions))
+        self.subscriptions: dict[tuple[InstrumentKey, FeedMode], Subscription] = {
+            (s.key, s.mode): s for s in subscriptions
+        }
         self.stats = ConnectionStats()
         self._feed = feed
         self._pending: list[Tick] = []
         self._flush_scheduled = False
         self._sink: FeedSink | None = None
+        self._ws: ClientConnection | None = None
+        self._stall: str | None = None
+        self._decode_log = LogThrottle(log)
 
-    def _messages(self) -> list[str]:
+    @property
+    def keys(self) -> tuple[InstrumentKey, ...]:
+        return tuple(dict.fromkeys(key for key, _ in self.subscriptions))
+
+    def start(self, group: asyncio.TaskGroup, sink: FeedSink) -> None:
+        group.create_task(self.run(sink), name=f"dhan-feed-{self.index}")
+
+    def _messages(self, subs: Iterable[Subscription], subscribe: bool) -> list[str]:
         by_mode: dict[FeedMode, list[InstrumentKey]] = {}
-        for s in self.subscriptions:
+        for s in subs:
             by_mode.setdefault(s.mode, []).append(s.key)
-        return [m for mode, keys in by_mode.items() for m in subscribe_messages(mode, keys)]
+        encode = subscribe_messages if subscribe else unsubscribe_messages
+        return [m for mode, keys in by_mode.items() for m in encode(mode, keys)]
+
+    async def subscribe(self, subs: list[Subscription]) -> None:
+        for s in subs:
+            self.subscriptions[(s.key, s.mode)] = s
+        await self._send_live(self._messages(subs, subscribe=True))
+
+    async def unsubscribe(self, subs: list[Subscription]) -> None:
+        for s in subs:
+            self.subscriptions.pop((s.key, s.mode), None)
+        await self._send_live(self._messages(subs, subscribe=False))
+
+    async def _send_live(self, messages: list[str]) -> None:
+        """Send on the open socket; when closed, the next connect sends the whole set anyway."""
+        ws = self._ws
+        if ws is None or not self.stats.connected:
+            return
+        try:
+            for message in messages:
+                await ws.send(message)
+        except websockets.ConnectionClosed:
+            log.info("feed connection %d closed while changing subscriptions; the reconnect resends them", self.index)
 
     async def run(self, sink: FeedSink) -> None:
         self._sink = sink
         cfg = self._feed.config
+        rng = self._feed._rng
         attempt = 0
         while True:
             started = time.monotonic()
+            token = self._feed.credentials.access_token()
+            floor = 0.0
             try:
-                await self._session(sink)
-                reason = "closed by server"
-            except FatalFeedError:
-                raise
+                await self._session(sink, token)
+                reason, kind = "closed by server", "closed"
+            except FatalFeedError as exc:
+                self.stats.count_end("fatal")
+                raise exc from None
+            except TokenExpired:
+                kind = "token_expired"
+                fresh = self._feed.credentials.access_token()
+                if fresh == token:
+                    self.stats.count_end(kind)
+                    raise FatalFeedError(
+                        f"Dhan closed the feed: 807 access token expired, and {self._feed.credentials.token_source} "
+                        "still holds the same token; put a fresh token there and restart",
+                        reason_code=DisconnectReason.ACCESS_TOKEN_EXPIRED,
+                    ) from None
+                reason = "access token expired; reconnecting with the new token"
+                attempt = 0
+                floor = -1.0  # reconnect at once
+            except RateLimited as exc:
+                reason, kind, floor = str(exc), "rate_limited", exc.retry_after_s
+            except DataStall as exc:
+                reason, kind = str(exc), "stall"
             except FeedConnectionError as exc:
-                reason = str(exc)
+                reason, kind = str(exc), "dropped"
             finally:
                 self._flush()
-                if self.stats.connected:
-                    self.stats.connected = False
+                self.stats.connected = False
+                self._ws = None
+            self.stats.count_end(kind)
             self.stats.last_error = reason
             sink.on_event(ConnectionDown(self.index, self.keys, reason))
             if time.monotonic() - started >= cfg.healthy_after_s:
                 attempt = 0
-            delay = backoff_delay(attempt, cfg.reconnect_initial_s, cfg.reconnect_max_s, self._feed._rng)
+            delay = 0.0 if floor < 0 else max(floor, backoff_delay(attempt, cfg.reconnect_initial_s, cfg.reconnect_max_s, rng))
             attempt += 1
-            log.warning("feed connection %d lost (%s); reconnecting in %.2fs", self.index, reason, delay)
+            level = logging.ERROR if kind == "rate_limited" else logging.WARNING
+            log.log(level, "feed connection %d lost (%s); reconnecting in %.2fs", self.index, reason, delay)
             await asyncio.sleep(delay)
 
-    async def _session(self, sink: FeedSink) -> None:
+    async def _session(self, sink: FeedSink, token: str) -> None:
         cfg = self._feed.config
         try:
             ws = await connect(
-                self._feed.url(),
+                self._feed.url(token),
                 open_timeout=cfg.open_timeout_s,
                 ping_interval=cfg.ping_interval_s,
                 ping_timeout=cfg.ping_timeout_s,
@@ -237,13 +378,22 @@ class _Connection:
                 max_size=2**20,
             )
         except websockets.InvalidStatus as exc:
-            raise FeedConnectionError(f"handshake refused with HTTP {exc.response.status_code}") from None
+            status = exc.response.status_code
+            if status == 429:
+                raise RateLimited(
+                    f"handshake refused with HTTP 429 (too many requests); cooling off {cfg.rate_limit_cooloff_s:g}s",
+                    retry_after_s=cfg.rate_limit_cooloff_s,
+                ) from None
+            raise FeedConnectionError(f"handshake refused with HTTP {status}") from None
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             # str(exc) of some websockets errors quotes the URL, which holds the token.
             raise FeedConnectionError(f"connect failed: {type(exc).__name__}") from None
+        self._ws = ws
+        self._stall = None
+        watchdog = asyncio.create_task(self._watch(ws), name=f"dhan-watchdog-{self.index}")
         try:
             try:
-                for message in self._messages():
+                for message in self._messages(list(self.subscriptions.values()), subscribe=True):
                     await ws.send(message)
             except websockets.ConnectionClosed:
                 # Dhan says why it hangs up in a code-50 packet sent before the close: read
@@ -256,19 +406,40 @@ class _Connection:
             self.stats.connected = True
             log.info(
                 "feed connection %d %s: %d instruments subscribed",
-                self.index, "reconnected" if reconnect else "open", len(self.keys),
+                self.index, "reconnected" if reconnect else "open", len(self.subscriptions),
+                extra={"connection": self.index, "instruments": len(self.subscriptions), "reconnect": reconnect},
             )
             sink.on_event(ConnectionUp(self.index, self.keys, reconnect))
             await self._receive(ws, sink)
+            if self._stall:
+                raise DataStall(self._stall)
         except websockets.ConnectionClosed as exc:
+            if self._stall:
+                raise DataStall(self._stall) from None
             code = exc.rcvd.code if exc.rcvd else 1006
             raise FeedConnectionError(f"connection closed (code {code})") from None
         except asyncio.CancelledError:
             await self._close(ws, send_disconnect=True)
             raise
         finally:
+            watchdog.cancel()
             if ws.state is not websockets.State.CLOSED:
                 await self._close(ws, send_disconnect=False)
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Close a socket that stays open but silent while the market is open."""
+        cfg = self._feed.config
+        opened = time.time()
+        period = min(1.0, cfg.stall_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.time()
+            last = max(self.stats.last_frame_at or 0.0, opened)
+            if now - last > cfg.stall_timeout_s and self._feed.is_market_open(now):
+                self._stall = f"no data for {now - last:.1f}s while the market is open"
+                log.warning("feed connection %d: %s; reconnecting", self.index, self._stall)
+                await self._close(ws, send_disconnect=False)
+                return
 
     async def _close(self, ws: ClientConnection, *, send_disconnect: bool) -> None:
         try:
@@ -282,10 +453,12 @@ class _Connection:
     async def _receive(self, ws: ClientConnection, sink: FeedSink) -> None:
         stats = self.stats
         normalize = self._feed._normalizer
+        tap = self._feed.tap
         pending = self._pending
         limit = self._feed.config.max_batch_ticks
         packets: list[Packet] = []
         errors: list[DecodeError] = []
+        by_type = stats.packets_by_type
         async for frame in ws:
             now = time.time()
             stats.frames += 1
@@ -293,13 +466,17 @@ class _Connection:
             if type(frame) is str:
                 stats.text_frames += 1
                 continue
+            if tap is not None:
+                tap(self.index, now, frame)
             stats.bytes += len(frame)
             decode_into(frame, packets, errors)
             if errors:
                 self._count_errors(errors)
             stats.packets += len(packets)
             for p in packets:
-                if type(p) is DisconnectPacket:
+                cls = type(p)
+                by_type[cls] += 1
+                if cls is DisconnectPacket:
                     self._flush()
                     self._server_disconnect(p, sink)
             normalize(packets, now, pending)
@@ -320,19 +497,30 @@ class _Connection:
             self._sink.on_ticks(batch)
 
     def _count_errors(self, errors: list[DecodeError]) -> None:
+        self.stats.decode_errors += len(errors)
         for err in errors:
-            self.stats.decode_errors += 1
-            n = self.stats.decode_errors
-            if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th… so a flood cannot fill the log
-                log.warning("feed connection %d: malformed packet skipped (%d so far): %s", self.index, n, err)
+            # Throttled: a broker sending garbage must not flood the log (the metric has the count).
+            self._decode_log("feed connection %d: malformed packet skipped: %s", self.index, err)
         errors.clear()
 
     def _server_disconnect(self, packet: DisconnectPacket, sink: FeedSink) -> None:
-        text = REASON_TEXT.get(packet.reason, "unknown reason")
-        sink.on_event(ServerDisconnect(self.index, packet.reason, text))
-        if packet.reason in FATAL_REASONS:
-            raise FatalFeedError(f"Dhan closed the feed: {packet.reason} {text}", reason_code=packet.reason)
-        raise FeedConnectionError(f"server disconnect {packet.reason}: {text}")
+        code = packet.reason
+        text = REASON_TEXT.get(code, "unknown reason")
+        self.stats.server_disconnect_codes[code] = self.stats.server_disconnect_codes.get(code, 0) + 1
+        sink.on_event(ServerDisconnect(self.index, code, text))
+        if code in FATAL_REASONS:
+            raise FatalFeedError(f"Dhan closed the feed: {code} {text}", reason_code=code)
+        if code == DisconnectReason.ACCESS_TOKEN_EXPIRED:
+            raise TokenExpired(f"server disconnect {code}: {text}")
+        if code == DisconnectReason.TOO_MANY_CONNECTIONS:
+            wait = self._feed.config.too_many_connections_backoff_s
+            log.error(
+                "Dhan disconnected feed connection %d with 805: more than 5 feed connections are open on this "
+                "account — another program or session is using it. Waiting %.0fs before reconnecting.",
+                self.index, wait,
+            )
+            raise RateLimited(f"server disconnect 805: {text}", retry_after_s=wait)
+        raise FeedConnectionError(f"server disconnect {code}: {text}")
 
 
 def plan_subscriptions(

@@ -382,3 +382,26 @@ def _parse_file(path: str, underlyings: Sequence[str]) -> tuple[ChainSkeleton, _
             return _parse(f, underlyings)
     except OSError as exc:
         raise InstrumentMasterError(f"cannot read scrip master {path}: {exc.strerror or exc}") from exc
+
+
+_EXCHANGE = {Segment.NSE_FNO: "NSE", Segment.BSE_FNO: "BSE", Segment.IDX_I: "NSE"}
+
+
+def write_scrip_master(skeleton: ChainSkeleton) -> str:
+    """A detailed-format CSV holding exactly ``skeleton``: ``parse_scrip_master`` reads it back
+    to an equal skeleton. Recordings carry it so a replay serves the instruments it recorded."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REQUIRED_COLUMNS)
+    for symbol, und in skeleton.underlyings.items():
+        writer.writerow(["NSE", "I", und.key[1], "INDEX", symbol, symbol, "1.0", "", "", "", f"{und.tick_size:g}"])
+        for chain in und.expiries:
+            for contract in chain.contracts():
+                writer.writerow(
+                    [
+                        _EXCHANGE[Segment(contract.key[0])], "D", contract.security_id, "OPTIDX", symbol, symbol,
+                        f"{contract.lot_size}.0", contract.expiry.isoformat(), f"{contract.strike:.5f}",
+                        contract.option_type.value, f"{contract.tick_size:g}",
+                    ]
+                )
+    return out.getvalue()

@@ -14,7 +14,7 @@ than the decode of the whole packet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from feeds.model import FullTick, InstrumentKey, OpenInterestTick, PrevCloseTick, QuoteTick, Tick, TradeTick
 from feeds.dhan.packets import FullPacket, OIPacket, Packet, PrevClosePacket, QuotePacket, TickerPacket
@@ -50,14 +50,21 @@ class Normalizer:
     def __init__(self, tick_sizes: Mapping[InstrumentKey, float]) -> None:
         self._fast: dict[InstrumentKey, float] = {}
         self._slow: dict[InstrumentKey, Callable[[float], float | None]] = {}
-        for key, tick in tick_sizes.items():
+        self.update(tick_sizes, ())
+        self.unknown_instrument_packets = 0
+        self.ignored_packets = 0
+
+    def update(self, added: Mapping[InstrumentKey, float], removed: Iterable[InstrumentKey]) -> None:
+        """Track newly subscribed instruments and forget unsubscribed ones."""
+        for key in removed:
+            self._fast.pop(key, None)
+            self._slow.pop(key, None)
+        for key, tick in added.items():
             n = _inverse(tick) if tick > 0 else None
             if n is not None:
                 self._fast[key] = float(n)
             else:
                 self._slow[key] = tick_rounder(tick)
-        self.unknown_instrument_packets = 0
-        self.ignored_packets = 0
 
     def __call__(self, packets: list[Packet], received_at: float, out: list[Tick]) -> None:
         fast = self._fast

@@ -36,11 +36,20 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from feeds.dhan.codec import encode
-from feeds.dhan.packets import HEADER, DisconnectPacket, DisconnectReason, FeedMode, ResponseCode
+from feeds.dhan.packets import (
+    HEADER,
+    DisconnectPacket,
+    DisconnectReason,
+    FeedMode,
+    FullPacket,
+    ResponseCode,
+    TickerPacket,
+)
 from feeds.dhan.requests import MAX_INSTRUMENTS_PER_MESSAGE, DisconnectRequest, SubscriptionRequest, parse_request
 from feeds.errors import SubscriptionError
 from feeds.model import IST, InstrumentKey
 from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.faults import Fault, run_faults
 from feeds.simulator.market import Market
 from feeds.simulator.scrip_master import generate_scrip_master
 from feeds.simulator.universe import Universe, build_universe
@@ -68,6 +77,8 @@ class SimulatorStats:
     disconnects_sent: Counter[int] = field(default_factory=Counter)  # code-50 packets, by reason
     slow_client_disconnects: int = 0
     send_errors: int = 0  # the peer vanished while we wrote
+    handshakes_refused: Counter[int] = field(default_factory=Counter)  # injected HTTP errors, by status
+    disconnect_requests: int = 0  # {"RequestCode": 12} received
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +170,11 @@ class SimulatorServer:
         self._paused = False
         # Instruments the server accepts but never sends anything for (see withhold()).
         self._withheld: set[InstrumentKey] = set()
+        # Fault injection (see feeds.simulator.faults for a scheduled plan).
+        self._silent = False
+        self._reject_status: int | None = None
+        self.last_token: str | None = None  # the token of the newest connection (tests of 807)
+        self._reject_left = 0
         self._runner: web.AppRunner | None = None
         self._market_task: asyncio.Task[None] | None = None
         self._market_error: BaseException | None = None
@@ -270,6 +286,33 @@ class SimulatorServer:
             for conn, data in outgoing.items():
                 self._send(conn, data)
 
+    # ------------------------------------------------------------------ fault injection
+
+    def silence(self, silent: bool = True) -> None:
+        """Keep sockets open (and answering pings) but send no data: a dead feed that looks alive.
+        The market keeps moving; what is not sent is not recorded in ``market.last_sent``."""
+        self._silent = silent
+
+    def reject_handshakes(self, status: int = 429, count: int = 1) -> None:
+        """Answer the next ``count`` WebSocket handshakes with HTTP ``status`` (e.g. 429)."""
+        self._reject_status, self._reject_left = status, count
+
+    def send_garbage(self) -> int:
+        """Send every client frames a decoder must reject or skip: a truncated Full packet, a
+        header longer than its frame, a Ticker with a wrong length, a length below the header
+        size, and an unknown response code. Returns the frames sent per client."""
+        frames = garbage_frames()
+        for conn in list(self._connections.values()):
+            self._send(conn, frames, force=True)
+        return len(frames)
+
+    def disconnect_all(self, reason: int) -> int:
+        """Send every client a code-50 packet with ``reason`` and close, as Dhan does."""
+        conns = [c for c in self._connections.values() if not c.closing]
+        for conn in conns:
+            self._disconnect(conn, DisconnectReason(reason))
+        return len(conns)
+
     def drop_connections(self) -> int:
         """Reset every client's TCP connection with no close frame and no code-50 packet, the
         way Dhan's feed is seen to drop sockets (reference §8.3). Returns how many."""
@@ -302,6 +345,8 @@ class SimulatorServer:
             await asyncio.sleep(delay)
 
     def _broadcast(self, changed: list[InstrumentKey]) -> None:
+        if self._silent:
+            return  # nothing is built, so last_sent stays what clients really received
         outgoing: dict[_Connection, list[bytes]] = {}
         for mode, subscribers in self._subscribers.items():
             if not subscribers:
@@ -317,10 +362,10 @@ class SimulatorServer:
         for conn, data in outgoing.items():
             self._send(conn, data)
 
-    def _send(self, conn: _Connection, packets: list[bytes]) -> None:
-        if conn.closing or not packets:
+    def _send(self, conn: _Connection, packets: list[bytes], *, force: bool = False) -> None:
+        if conn.closing or not packets or (self._silent and not force):
             return
-        if self.config.stack_packets:
+        if self.config.stack_packets and not force:
             n = self.config.max_packets_per_frame
             frames = [b"".join(packets[i : i + n]) for i in range(0, len(packets), n)]
         else:
@@ -382,6 +427,12 @@ class SimulatorServer:
         return web.Response(body=self._scrip_master, content_type="text/csv", charset="utf-8")
 
     async def _handle_feed(self, request: web.Request) -> web.StreamResponse:
+        if self._reject_left > 0 and self._reject_status is not None:
+            self._reject_left -= 1
+            self.stats.connections_rejected += 1
+            self.stats.handshakes_refused[self._reject_status] += 1
+            log.info("handshake refused with injected HTTP %d", self._reject_status)
+            return web.Response(status=self._reject_status, text=f"injected HTTP {self._reject_status}")
         problem = _query_problem(request.query)
         ws = web.WebSocketResponse(heartbeat=self.config.ping_interval_s, compress=False, max_msg_size=1 << 20)
         if problem is None and not ws.can_prepare(request).ok:
@@ -392,6 +443,7 @@ class SimulatorServer:
             raise web.HTTPBadRequest(text=problem)
         await ws.prepare(request)
         self.stats.connections_accepted += 1
+        self.last_token = request.query["token"]
         self._next_id += 1
         conn = _Connection(self._next_id, ws, request.transport, self.config.send_queue_frames)
         conn.writer = asyncio.create_task(self._write(conn), name=f"simulator-writer-{conn.id}")
@@ -433,6 +485,7 @@ class SimulatorServer:
             log.info("connection %d: ignoring an invalid request: %s", conn.id, exc)
             return
         if isinstance(request, DisconnectRequest):
+            self.stats.disconnect_requests += 1
             log.debug("connection %d asked to disconnect", conn.id)
             self._close(conn, None, WSCloseCode.OK)
         elif request.subscribe:
@@ -455,7 +508,7 @@ class SimulatorServer:
         for key in new:
             held.add(key)
             subscribers.setdefault(key, set()).add(conn)
-            if key in self._withheld:
+            if key in self._withheld or self._silent:
                 continue
             # Dhan sends prev close on subscription; the current state follows at once so a
             # client's coverage fills without waiting for the instrument to trade.
@@ -485,6 +538,7 @@ class SimulatorServer:
                 if isinstance(item, _Close):
                     if item.reason is not None:
                         await ws.send_bytes(encode(DisconnectPacket(0, 0, item.reason)))
+                        stats.frames_sent += 1
                         stats.disconnects_sent[item.reason] += 1
                         stats.packets_sent[ResponseCode.DISCONNECT] += 1
                     await ws.close(code=item.ws_code)
@@ -501,14 +555,34 @@ class SimulatorServer:
             log.info("connection %d: write failed: %s", conn.id, exc)
 
 
+def garbage_frames() -> list[bytes]:
+    """Malformed frames, each of which a correct decoder counts and skips without misreading."""
+    full = encode(FullPacket(2, 35000, 100.0, 75, 1_790_000_000, 100.0, 75, 0, 0, 10, 10, 10, 100.0, 0.0, 100.0, 100.0, (0, 0, 0, 0, 0.0, 0.0) * 5))
+    ticker = bytearray(encode(TickerPacket(2, 35000, 100.0, 1_790_000_000)))
+    ticker[1] = 20  # a Ticker that claims 20 bytes inside a 24-byte frame
+    return [
+        full[:100],  # truncated: declares 162, carries 100
+        bytes(ticker) + b"\x00" * 8,
+        bytes([8, 4, 0, 2, 0, 0, 0, 0]),  # length 4, below the 8-byte header
+        bytes([99, 12, 0, 2, 1, 0, 0, 0]) + b"\xde\xad\xbe\xef",  # unknown response code 99
+    ]
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
-async def serve_forever(config: SimulatorConfig, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve_forever(
+    config: SimulatorConfig, host: str, port: int, stop: asyncio.Event, faults: tuple[Fault, ...] = ()
+) -> None:
     """Run the simulator until ``stop`` is set (the ``livechain simulate`` command)."""
     async with SimulatorServer(config, host, port) as sim:
         log.info("simulator ready: connect to %s?version=2&token=..&clientId=..&authType=2", sim.feed_url)
-        await stop.wait()
+        injector = asyncio.create_task(run_faults(sim, faults), name="simulator-faults")
+        try:
+            await stop.wait()
+        finally:
+            injector.cancel()
+            await asyncio.wait([injector])
         log.info("simulator stopping: %s", sim.stats)

@@ -1,0 +1,61 @@
+"""When the exchange is open: session hours in IST, weekends and a holiday list.
+
+A feed that is silent while the market is closed is healthy; silent while it is open, it is
+dead. The holiday list is data (``config/nse-holidays.toml``), not code: NSE publishes it
+once a year and sometimes amends it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feeds.model import IST
+
+
+@dataclass(frozen=True, slots=True)
+class MarketCalendar:
+    open_time: dt.time = dt.time(9, 15)
+    close_time: dt.time = dt.time(15, 30)
+    holidays: frozenset[dt.date] = field(default_factory=frozenset)
+    always_open: bool = False  # the simulator trades around the clock
+    never_open: bool = False  # a replay: silence is never a dead feed
+
+    def __post_init__(self) -> None:
+        if self.always_open and self.never_open:
+            raise ValueError("a calendar cannot be both always and never open")
+        if self.close_time <= self.open_time:
+            raise ValueError("close_time must be after open_time")
+
+    def is_trading_day(self, day: dt.date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays
+
+    def is_open(self, epoch_s: float) -> bool:
+        """True while a session is in progress at the UTC instant ``epoch_s``."""
+        if self.always_open or self.never_open:
+            return self.always_open
+        now = dt.datetime.fromtimestamp(epoch_s, IST)
+        return self.is_trading_day(now.date()) and self.open_time <= now.time() < self.close_time
+
+    def session_close(self, day: dt.date) -> dt.datetime:
+        """The instant a day's session (and an expiry on that day) ends."""
+        return dt.datetime.combine(day, self.close_time, IST)
+
+
+def load_holidays(path: Path) -> frozenset[dt.date]:
+    """Read ``holidays = [2026-01-26, ...]`` (TOML dates) from ``path``."""
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    values = data.get("holidays")
+    if not isinstance(values, list) or not all(isinstance(v, dt.date) for v in values):
+        raise ValueError(f"{path}: expected 'holidays = [YYYY-MM-DD, ...]'")
+    return frozenset(values)
+
+
+def calendar_from(
+    open_time: dt.time, close_time: dt.time, holidays: Iterable[dt.date], *, always_open: bool = False
+) -> MarketCalendar:
+    return MarketCalendar(open_time, close_time, frozenset(holidays), always_open)

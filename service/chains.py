@@ -1,0 +1,80 @@
+"""What the HTTP layer reads: a ``ChainSource`` of chain snapshots and their catalogue.
+
+Two implementations serve the same handlers: ``CacheChains`` (the primary, over its
+in-memory ``ChainCache``) and ``service.replica.ReplicaStore`` (a read replica, over the state
+it loaded from Redis). Both build bodies with ``service.snapshot.chain_snapshot``, so the same
+chain state gives the same bytes and ETag whichever process answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.cache import ChainCache
+from service.snapshot import ChainSnapshot, render
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryInfo:
+    expiry: dt.date
+    lot_size: int
+    strikes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnderlyingInfo:
+    underlying: str
+    security_id: int  # the underlying index's
+    expiries: tuple[ExpiryInfo, ...]  # ascending
+
+
+class ChainSource(Protocol):
+    def expiries(self, underlying: str) -> Sequence[dt.date] | None:
+        """The underlying's expiries, ascending; None when it is not served."""
+
+    def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
+        """The chain's current snapshot; None when there is no such chain."""
+
+    def underlyings(self) -> list[UnderlyingInfo]:
+        """Every underlying served, in a stable order."""
+
+    def readiness(self) -> dict[str, Any]:
+        """Source-specific fields for ``/readyz`` (coverage for the primary, Redis for a replica)."""
+
+
+class CacheChains:
+    """The primary's chains: snapshots rendered from the cache at most once per version."""
+
+    def __init__(self, cache: ChainCache, stale_after_s: float) -> None:
+        self.cache = cache
+        self.stale_after_s = stale_after_s
+
+    def expiries(self, underlying: str) -> Sequence[dt.date] | None:
+        return self.cache.expiries.get(underlying)
+
+    def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
+        chain = self.cache.chains.get((underlying, expiry))
+        if chain is None:
+            return None
+        return render(chain, self.cache.is_stale(chain, self.stale_after_s))
+
+    def underlyings(self) -> list[UnderlyingInfo]:
+        cache = self.cache
+        return [
+            UnderlyingInfo(
+                symbol,
+                cache.index_keys[symbol][1],
+                tuple(
+                    ExpiryInfo(e, cache.chains[(symbol, e)].lot_size, len(cache.chains[(symbol, e)].rows))
+                    for e in expiries
+                ),
+            )
+            for symbol, expiries in cache.expiries.items()
+        ]
+
+    def readiness(self) -> dict[str, Any]:
+        cache = self.cache
+        return {"coverage": round(cache.coverage, 6), "instruments": cache.subscribed, "covered": cache.covered}

@@ -1,0 +1,418 @@
+"""Prometheus metrics: our own registry, computed at scrape time, served on their own port.
+
+Nothing on the tick path calls ``prometheus_client``. The feed client, ``Ingest`` and the
+cache keep plain counters (``+= 1`` costs ~30 ns, ``Counter.inc()`` ~340 ns and a
+``.labels()`` lookup over 1 µs); ``LivechainCollector.collect`` reads them when Prometheus
+scrapes and turns them into metric families. The per-batch receive-to-applied latency and the
+per-request HTTP figures go into ``Histogram``, a bisect and two additions.
+
+Parts appear during startup (cache, feed, ingest, a Redis mirror): the collector exports what
+exists, so a scrape during warm-up shows the phase, the coverage so far and the feed's
+traffic. The server is bound before anything else starts for the same reason.
+
+Every name starts with ``livechain_`` and carries its unit; the list is in README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from feeds.dhan.packets import (
+    DisconnectPacket,
+    FullPacket,
+    MarketDepthPacket,
+    MarketStatusPacket,
+    OIPacket,
+    PrevClosePacket,
+    QuotePacket,
+    TickerPacket,
+    UnknownPacket,
+)
+from service.errors import ConfigError
+from service.health import Health
+from service.lifecycle import Phase
+
+if TYPE_CHECKING:
+    from service.ingest import Ingest
+
+log = logging.getLogger(__name__)
+
+PREFIX = "livechain_"
+
+# Packet classes as Dhan's response codes name them (reference §4): the client counts by class.
+PACKET_TYPES: dict[type, str] = {
+    TickerPacket: "ticker",
+    MarketDepthPacket: "market_depth",
+    QuotePacket: "quote",
+    OIPacket: "oi",
+    PrevClosePacket: "prev_close",
+    MarketStatusPacket: "market_status",
+    FullPacket: "full",
+    DisconnectPacket: "disconnect",
+    UnknownPacket: "unknown",
+}
+
+# Receive-to-applied is tens of µs when idle and grows with a backlog: log-spaced up to 2.5 s.
+INGEST_LATENCY_BUCKETS_S = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+HTTP_LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+class Histogram:
+    """A Prometheus histogram kept as plain numbers: ``observe`` is one bisect and two adds."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "≤").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, cumulative count) pairs ending with +Inf, as ``HistogramMetricFamily`` wants."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            total += n
+            out.append((floatToGoString(bound), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+class HttpMetrics:
+    """Requests by route and status, and latency by route, counted by a middleware."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, Histogram] = {}
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.get(route)
+        if hist is None:
+            hist = self.latency[route] = Histogram(HTTP_LATENCY_BUCKETS_S)
+        hist.observe(seconds)
+
+    def not_modified_ratio(self, route: str = "/options/live") -> float | None:
+        """Share of conditional hits among the route's successful answers (304 / (200 + 304))."""
+        ok = self.requests.get((route, 200), 0)
+        hits = self.requests.get((route, 304), 0)
+        return hits / (ok + hits) if ok + hits else None
+
+    def middleware(self) -> Middleware:
+        record = self.record
+
+        @web.middleware
+        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+            start = time.perf_counter()
+            # The route's pattern, never the raw path: unknown paths must not mint new series.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            status = 500  # an exception that escapes every handler becomes aiohttp's 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except asyncio.CancelledError:
+                status = 499  # nginx's "client closed request": no response was sent
+                raise
+            finally:
+                record(route, status, time.perf_counter() - start)
+
+        return observe
+
+
+class LivechainCollector(Collector):
+    """Reads the service's plain counters and state at scrape time."""
+
+    def __init__(self, health: Health, http: HttpMetrics, ingest_latency: Histogram, clock: Callable[[], float]) -> None:
+        self.health = health
+        self.http = http
+        self.ingest_latency = ingest_latency
+        self.ingest: Ingest | None = None
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        yield from self._health()
+        feed = self.health.feed
+        if feed is not None:
+            yield from self._feed(feed, now)
+        if self.ingest is not None:
+            yield from self._ingest(self.ingest)
+        if self.health.cache is not None:
+            yield from self._cache(now)
+        yield from self._http()
+        if self.health.mirror is not None:
+            yield from self._mirror(self.health.mirror)
+
+    def _health(self) -> Iterator[Metric]:
+        report = self.health.report()
+        phase = GaugeMetricFamily(
+            PREFIX + "lifecycle_phase", "1 for the lifecycle phase the process is in, 0 for the others",
+            labels=["phase"],
+        )
+        for p in Phase:
+            phase.add_metric([p.value], 1.0 if p is report.phase else 0.0)
+        yield phase
+        yield GaugeMetricFamily(
+            PREFIX + "ready", "1 when the readiness gate passed and not stopping", value=float(report.ready)
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "degraded", "1 when serving with problems (see /readyz for the reasons)",
+            value=float(report.status == "degraded"),
+        )
+        checks = GaugeMetricFamily(PREFIX + "health_check_ok", "1 when a health check passes", labels=["check"])
+        for name, ok in report.checks.items():
+            checks.add_metric([name], float(ok))
+        yield checks
+
+    def _feed(self, feed: object, now: float) -> Iterator[Metric]:
+        connections = list(getattr(feed, "connections", ()))
+        packets = CounterMetricFamily(
+            PREFIX + "feed_packets_total", "Packets received, by Dhan response type", labels=["connection", "type"]
+        )
+        frames = CounterMetricFamily(PREFIX + "feed_frames_total", "WebSocket frames received", labels=["connection"])
+        received = CounterMetricFamily(
+            PREFIX + "feed_received_bytes_total", "Bytes of binary frames received", labels=["connection"]
+        )
+        errors = CounterMetricFamily(
+            PREFIX + "feed_decode_errors_total", "Malformed packets skipped", labels=["connection"]
+        )
+        up = GaugeMetricFamily(PREFIX + "feed_connection_up", "1 while the connection is open", labels=["connection"])
+        connects = CounterMetricFamily(
+            PREFIX + "feed_connects_total", "Sessions opened and subscribed (first connect and reconnects)",
+            labels=["connection"],
+        )
+        ends = CounterMetricFamily(
+            PREFIX + "feed_reconnects_total", "Sessions that ended, each followed by a reconnect, by reason",
+            labels=["connection", "reason"],
+        )
+        codes = CounterMetricFamily(
+            PREFIX + "feed_server_disconnects_total", "Disconnect packets (code 50) received, by Dhan reason code",
+            labels=["connection", "code"],
+        )
+        age = GaugeMetricFamily(
+            PREFIX + "feed_last_frame_age_seconds", "Seconds since the connection last received a frame",
+            labels=["connection"],
+        )
+        subscribed = GaugeMetricFamily(
+            PREFIX + "feed_instruments_subscribed", "Instruments subscribed on the connection", labels=["connection"]
+        )
+        for conn in connections:
+            c = str(conn.index)
+            s = conn.stats
+            for cls, n in s.packets_by_type.items():
+                packets.add_metric([c, PACKET_TYPES.get(cls, "unknown")], n)
+            frames.add_metric([c], s.frames)
+            received.add_metric([c], s.bytes)
+            errors.add_metric([c], s.decode_errors)
+            up.add_metric([c], float(s.connected))
+            connects.add_metric([c], s.connects)
+            for reason, n in s.disconnects_by_reason.items():
+                ends.add_metric([c, reason], n)
+            for code, n in s.server_disconnect_codes.items():
+                codes.add_metric([c, str(code)], n)
+            if s.last_frame_at is not None:
+                age.add_metric([c], max(0.0, now - s.last_frame_at))
+            subscribed.add_metric([c], len(conn.subscriptions))
+        yield from (packets, frames, received, errors, up, connects, ends, codes, age, subscribed)
+        yield GaugeMetricFamily(
+            PREFIX + "feed_connections_open", "Feed connections open", value=float(sum(c.stats.connected for c in connections))
+        )
+        unknown = getattr(feed, "unknown_instrument_packets", None)
+        if unknown is not None:
+            yield CounterMetricFamily(
+                PREFIX + "feed_unknown_instrument_packets_total", "Packets for instruments we did not subscribe",
+                value=unknown,
+            )
+
+    def _ingest(self, ingest: Ingest) -> Iterator[Metric]:
+        yield CounterMetricFamily(PREFIX + "ingest_batches_total", "Tick batches applied to the cache", value=ingest.batches)
+        yield CounterMetricFamily(PREFIX + "ingest_ticks_total", "Ticks applied to the cache", value=ingest.ticks)
+        latency = HistogramMetricFamily(
+            PREFIX + "ingest_latency_seconds",
+            "Receive-to-applied latency of the oldest tick of each batch (socket read to cache updated)",
+        )
+        h = self.ingest_latency
+        latency.add_metric([], h.cumulative(), sum_value=h.sum)
+        yield latency
+
+    def _cache(self, now: float) -> Iterator[Metric]:
+        cache = self.health.cache
+        assert cache is not None  # checked by collect()
+        subscribed = GaugeMetricFamily(
+            PREFIX + "instruments_subscribed", "Instruments subscribed, by underlying", labels=["underlying"]
+        )
+        covered = GaugeMetricFamily(
+            PREFIX + "instruments_covered", "Subscribed instruments that have received data, by underlying",
+            labels=["underlying"],
+        )
+        for und, n in cache.subscribed_by_underlying.items():
+            subscribed.add_metric([und], n)
+            covered.add_metric([und], cache.covered_by_underlying[und])
+        yield subscribed
+        yield covered
+        yield GaugeMetricFamily(
+            PREFIX + "coverage_ratio", "Share of subscribed instruments that have received data", value=cache.coverage
+        )
+        yield CounterMetricFamily(
+            PREFIX + "cache_unknown_ticks_total", "Ticks for instruments the cache does not hold", value=cache.ticks_unknown
+        )
+        version = GaugeMetricFamily(
+            PREFIX + "chain_version", "Chain version (grows on every change; starts at the wall clock in µs)",
+            labels=["underlying", "expiry"],
+        )
+        age = GaugeMetricFamily(
+            PREFIX + "chain_age_seconds", "Seconds since the chain last changed", labels=["underlying", "expiry"]
+        )
+        stale = GaugeMetricFamily(
+            PREFIX + "chain_stale_legs", "Legs of the chain whose feed connection was lost", labels=["underlying", "expiry"]
+        )
+        for (und, expiry), chain in cache.chains.items():
+            labels = [und, expiry.isoformat()]
+            version.add_metric(labels, chain.version)
+            if chain.updated_at is not None:
+                age.add_metric(labels, max(0.0, now - chain.updated_at))
+            stale.add_metric(labels, chain.stale_legs)
+        yield from (version, age, stale)
+
+    def _http(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            PREFIX + "http_requests_total", "HTTP API requests, by route and status", labels=["route", "status"]
+        )
+        for (route, status), n in self.http.requests.items():
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            PREFIX + "http_request_duration_seconds", "HTTP API request handling time, by route", labels=["route"]
+        )
+        for route, h in self.http.latency.items():
+            latency.add_metric([route], h.cumulative(), sum_value=h.sum)
+        yield latency
+        ratio = self.http.not_modified_ratio()
+        if ratio is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "http_not_modified_ratio",
+                "Since start, share of /options/live answers that were 304 Not Modified (304 / (200 + 304))",
+                value=ratio,
+            )
+
+    def _mirror(self, mirror: object) -> Iterator[Metric]:
+        # Duck-typed: the mirror's stats object may lack fields; only what it has is exported.
+        # ``last_error`` is never exported: free text that may quote a URL with a password.
+        for attr, name, kind, doc in _MIRROR_FIELDS:
+            value = getattr(mirror, attr, None)
+            if value is None:
+                continue
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(PREFIX + name, doc, value=float(value))
+
+
+_MIRROR_FIELDS = (
+    ("flushes", "mirror_flushes_total", "counter", "Redis mirror flushes (one pipeline each)"),
+    ("legs_written", "mirror_legs_written_total", "counter", "Legs written to Redis"),
+    ("commands", "mirror_commands_total", "counter", "Redis commands sent"),
+    ("errors", "mirror_errors_total", "counter", "Redis mirror errors"),
+    ("connected", "mirror_connected", "gauge", "1 while the Redis mirror is connected"),
+    ("lag_s_last", "mirror_lag_seconds", "gauge", "Cache change to Redis write, at the last flush"),
+    ("queue_depth", "mirror_queue_depth", "gauge", "Chains waiting to be written to Redis"),
+)
+
+
+class Metrics:
+    """The registry and what feeds it; ``render()`` is one scrape."""
+
+    def __init__(self, health: Health, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.http = HttpMetrics()
+        self.ingest_latency = Histogram(INGEST_LATENCY_BUCKETS_S)
+        self.collector = LivechainCollector(health, self.http, self.ingest_latency, clock)
+        self.registry.register(self.collector)
+        # CPU, memory, open files of this process (Linux /proc; absent elsewhere).
+        ProcessCollector(namespace="livechain", registry=self.registry)
+
+    def attach_ingest(self, ingest: Ingest) -> None:
+        self.collector.ingest = ingest
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    phase = request.app[METRICS].collector.health.lifecycle.phase
+    return web.json_response({"status": "alive", "phase": phase.value})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    report = request.app[METRICS].collector.health.report()
+    return web.json_response(report.as_dict(), status=200 if report.ready else 503)
+
+
+def make_metrics_app(metrics: Metrics) -> web.Application:
+    """``/metrics``, plus ``/healthz`` and ``/readyz``: this port is up during warm-up, the API's is not."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(metrics: Metrics, host: str, port: int) -> AsyncIterator[int]:
+    """Serve ``metrics`` on ``host:port``; yields the bound port (useful when ``port`` is 0)."""
+    runner = web.AppRunner(make_metrics_app(metrics), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}") from exc
+        bound = runner.addresses[0][1]
+        log.info("metrics on http://%s:%d/metrics", host, bound, extra={"metrics_port": bound})
+        yield bound
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,347 @@
+"""The Redis mirror: the chain written to Redis, its changes published, off the hot path.
+
+Ingest never waits on Redis. The cache adds each changed leg to its ``dirty`` set (one
+``set.add`` per tick); every ``flush_interval_s`` this task drains the set and writes the
+legs' *current* state, so the buffer is bounded by the number of instruments and the latest
+value per leg wins. One flush is one pipelined MULTI/EXEC (layout: ``service.redis_layout``):
+per changed chain an HSET of its changed legs, an HSET of its meta, an XADD to the capped
+``livechain:changes`` stream and a PUBLISH on ``livechain:changes:{chain}`` (the last two
+carry the changed legs as one JSON object, encoded once).
+
+If a write fails the legs go back into the dirty set, the task backs off (exponential, full
+jitter, capped) and, once Redis answers again, rewrites the whole state under a new ``run``:
+nothing is lost, nothing is left stale, and readers know to reload. Lag is measured from the
+moment the oldest change in a flush was applied to the cache until that flush completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from service.cache import Chain, ChainCache, Leg
+from service.errors import RedisUnavailable
+from service.redis_client import REDIS_ERRORS, Backoff, describe, make_client, masked_url
+from service.redis_layout import (
+    CATALOG_KEY,
+    LEGS_PATTERN,
+    META_PATTERN,
+    STREAM_KEY,
+    Catalog,
+    CatalogChain,
+    CatalogUnderlying,
+    ChainMeta,
+    chain_id,
+    change_fields,
+    change_message,
+    channel,
+    leg_field,
+    legs_json,
+    legs_key,
+    meta_key,
+)
+from service.settings import RedisSettings
+from service.snapshot import ist, leg_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class MirrorStats:
+    """Plain counters and gauges, read at scrape time (``service.health``, metrics)."""
+
+    connected: bool = False
+    flushes: int = 0  # successful writes, full rewrites included
+    full_rewrites: int = 0
+    legs_written: int = 0
+    chains_written: int = 0
+    commands: int = 0  # Redis commands sent in successful flushes, MULTI/EXEC included
+    errors: int = 0  # failed connects and writes
+    queue_depth: int = 0  # legs changed and not yet written, as of the last attempt
+    lag_s_last: float | None = None  # oldest change → flush done, for the last flush that carried changes
+    lag_s_max: float | None = None
+    last_flush_at: float | None = None  # epoch seconds
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """One successful flush, for an observer (a histogram, the benchmark)."""
+
+    legs: int
+    chains: int
+    commands: int
+    full: bool
+    lag_s: float | None  # None when nothing had changed (a full rewrite of unchanged state)
+    duration_s: float
+
+
+class RedisMirror:
+    """Mirrors ``cache`` into Redis from its own task; enter it as an async context manager."""
+
+    def __init__(
+        self,
+        cache: ChainCache,
+        settings: RedisSettings,
+        *,
+        observer: Callable[[FlushReport], None] | None = None,
+        on_connect: Callable[[MirrorStats], None] | None = None,
+    ) -> None:
+        """``observer`` sees every successful flush; ``on_connect`` every (re)connection."""
+        self._cache = cache
+        self._settings = settings
+        self._required = settings.enabled is True
+        self._observer = observer
+        self._on_connect = on_connect
+        self.url = masked_url(settings.url.get_secret_value())
+        self.stats = MirrorStats()
+        self._client = make_client(settings, name="livechain-mirror")
+        self._backoff = Backoff(settings)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._token = secrets.token_hex(4)
+        self._generation = 0
+        self._seq = 0
+        self._full = True  # the next write rewrites everything
+        self._ever_connected = False
+        self._down_since: float | None = None
+        self._in_flight = 0
+        # The static layout, computed once: where each option leg lives, and each chain's id.
+        self._where: dict[Leg, tuple[Chain, str]] = {}
+        self._cid: dict[Chain, str] = {}
+        underlyings = []
+        for symbol, expiries in cache.expiries.items():
+            catalog_chains = []
+            for expiry in expiries:
+                chain = cache.chains[(symbol, expiry)]
+                self._cid[chain] = chain_id(symbol, expiry)
+                for strike, ce, pe in chain.rows:
+                    for leg, side in ((ce, "CE"), (pe, "PE")):
+                        if leg is not None:
+                            self._where[leg] = (chain, leg_field(strike, side))
+                catalog_chains.append(
+                    CatalogChain(
+                        symbol, expiry, chain.lot_size,
+                        tuple((s, None if ce is None else ce.key[1], None if pe is None else pe.key[1])
+                              for s, ce, pe in chain.rows),
+                    )
+                )  # fmt: skip
+            key = cache.index_keys[symbol]
+            underlyings.append(CatalogUnderlying(symbol, key[0], key[1], tuple(catalog_chains)))
+        self._underlyings = tuple(underlyings)
+
+    @property
+    def run(self) -> str:
+        """Names the current full rewrite: readers reload when it changes."""
+        return f"{self._token}.{self._generation}"
+
+    @property
+    def pending(self) -> int:
+        """Legs changed and not yet confirmed written by Redis, now (in-flight ones included)."""
+        return len(self._cache.dirty) + self._in_flight
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> RedisMirror:
+        if self._required:
+            try:
+                await self._connect()
+            except REDIS_ERRORS as exc:
+                await self._client.aclose()
+                raise RedisUnavailable(
+                    f"redis.enabled = true but Redis at {self.url} is unavailable: {describe(exc)}"
+                ) from exc
+        self._task = asyncio.create_task(self._run(), name="redis-mirror")
+        self._task.add_done_callback(_log_crash)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop after one last flush (bounded by ``timeout_s``), then close the connection."""
+        self._stop.set()
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait([task], timeout=self._settings.timeout_s + self._settings.connect_timeout_s)
+            if not done:
+                task.cancel()
+                await asyncio.wait([task])
+        await self._client.aclose()
+        if task is not None and exc_type is None and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # a bug in the mirror: already logged, now fatal
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.stats.connected:
+                    await self.flush()
+                else:
+                    await self._connect()
+                failures = 0
+                delay = self._settings.flush_interval_s
+            except REDIS_ERRORS as exc:
+                failures += 1
+                self._failed(exc)
+                delay = self._backoff.delay(failures)
+            if await self._stopped_within(delay):
+                break
+        if self.stats.connected:  # the last changes before shutdown
+            try:
+                await self.flush()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+
+    async def _stopped_within(self, delay_s: float) -> bool:
+        try:
+            async with asyncio.timeout(delay_s):
+                await self._stop.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _connect(self) -> None:
+        await self._client.ping()
+        report = await self.flush()  # a full rewrite: self._full is set while disconnected
+        self.stats.connected = True
+        if self._on_connect is not None:
+            self._on_connect(self.stats)
+        legs = report.legs if report is not None else 0
+        if not self._ever_connected:
+            self._ever_connected = True
+            log.info("Redis mirror connected to %s: full state written (%d legs)", self.url, legs)
+        else:
+            down_s = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+            log.info(
+                "Redis mirror reconnected to %s after %.1fs: full state rewritten (%d legs), run %s",
+                self.url, down_s, legs, self.run,
+            )
+        self._down_since = None
+
+    def _failed(self, exc: BaseException) -> None:
+        stats = self.stats
+        stats.errors += 1
+        stats.last_error = describe(exc)
+        stats.queue_depth = len(self._cache.dirty)
+        self._full = True  # whatever Redis holds now, the next successful write replaces it
+        if stats.connected:
+            stats.connected = False
+            self._down_since = time.monotonic()
+            log.warning(
+                "Redis mirror lost %s (%s): ingest and HTTP carry on; retrying with backoff (at most %gs apart), "
+                "then the full state is rewritten", self.url, stats.last_error, self._settings.reconnect_max_s,
+            )
+        elif stats.errors == 1 and not self._ever_connected:
+            log.warning(
+                "Redis mirror: Redis at %s is not available (%s); running without it and retrying quietly "
+                "(at most %gs apart). Set redis.enabled = false to turn the mirror off.",
+                self.url, stats.last_error, self._settings.reconnect_max_s,
+            )
+        else:
+            log.debug("Redis mirror still unavailable at %s: %s", self.url, stats.last_error)
+
+    # ------------------------------------------------------------------ one flush
+
+    async def flush(self) -> FlushReport | None:
+        """Write what changed (everything after a failure) in one MULTI/EXEC; None if nothing to do."""
+        cache = self._cache
+        full = self._full
+        taken, since = cache.take_dirty()
+        if not taken and not full:
+            return None
+        started = time.monotonic()
+        self._in_flight = len(taken)
+        try:
+            legs, chains, commands = await self._write(taken, full)
+        except BaseException:
+            cache.restore_dirty(taken, since)  # written again, with whatever came later
+            raise
+        finally:
+            self._in_flight = 0
+        done = time.monotonic()
+        self._full = False
+        stats = self.stats
+        stats.flushes += 1
+        stats.full_rewrites += full
+        stats.legs_written += legs
+        stats.chains_written += chains
+        stats.commands += commands
+        stats.queue_depth = len(cache.dirty)
+        stats.last_flush_at = time.time()
+        lag = None if since is None else done - since
+        if lag is not None:
+            stats.lag_s_last = lag
+            if stats.lag_s_max is None or lag > stats.lag_s_max:
+                stats.lag_s_max = lag
+        report = FlushReport(legs, chains, commands, full, lag, done - started)
+        if self._observer is not None:
+            self._observer(report)
+        return report
+
+    async def _write(self, taken: set[Leg], full: bool) -> tuple[int, int, int]:
+        client = self._client
+        where = self._where
+        by_chain: dict[Chain, list[tuple[str, bytes]]] = {}
+        obsolete: list[str] = []
+        if full:
+            # Keys of chains a previous run wrote and this one does not serve must go too.
+            async for key in client.scan_iter(match=LEGS_PATTERN, count=1000):
+                obsolete.append(key)
+            async for key in client.scan_iter(match=META_PATTERN, count=1000):
+                obsolete.append(key)
+            for chain in self._cid:
+                by_chain[chain] = []
+            for leg, (chain, field) in where.items():
+                by_chain[chain].append((field, leg_json(leg)))
+        else:
+            for leg in taken:
+                place = where.get(leg)
+                if place is None:  # the underlying index: its price is in every chain's meta
+                    for chain in leg.chains:
+                        by_chain.setdefault(chain, [])
+                else:
+                    by_chain.setdefault(place[0], []).append((place[1], leg_json(leg)))
+
+        generation = self._generation + 1 if full else self._generation
+        run = f"{self._token}.{generation}"
+        seq = 0 if full else self._seq
+        maxlen = self._settings.stream_maxlen
+        pipe = client.pipeline(transaction=True)
+        if full:
+            ours = [k for c in self._cid.values() for k in (legs_key(c), meta_key(c))]
+            pipe.delete(*{*obsolete, *ours})
+            pipe.set(CATALOG_KEY, Catalog(run, self._underlyings).to_json())
+        legs_n = 0
+        for chain, legs in by_chain.items():
+            cid = self._cid[chain]
+            meta = ChainMeta(chain.version, chain.updated_at, chain.index.ltp, chain.stale_legs)
+            meta_fields = meta.fields()
+            changed = legs_json(legs)
+            seq += 1
+            if legs:
+                pipe.hset(legs_key(cid), mapping=dict(legs))
+                legs_n += len(legs)
+            pipe.hset(meta_key(cid), mapping=meta_fields)
+            pipe.xadd(
+                STREAM_KEY, change_fields(run, seq, cid, full, meta_fields, changed), maxlen=maxlen, approximate=True
+            )
+            pipe.publish(
+                channel(cid),
+                change_message(run, seq, chain.underlying, chain.expiry, full, meta, ist(chain.updated_at), changed),
+            )
+        commands = len(pipe) + 2  # MULTI and EXEC
+        async with asyncio.timeout(self._settings.timeout_s):
+            await pipe.execute()
+        self._generation, self._seq = generation, seq
+        return legs_n, len(by_chain), commands
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A mirror that died of a bug (not of Redis: those are retried) says so at once."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Redis mirror stopped by an unexpected error; Redis is no longer updated", exc_info=task.exception())

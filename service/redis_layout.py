@@ -1,0 +1,235 @@
+"""The Redis layout of the chain: key names, fields and encodings, shared by writer and readers.
+
+Sans-I/O: nothing here talks to Redis. ``service.mirror`` writes this layout, and
+``service.replica`` (or any other consumer) reads it. Every key starts with ``livechain:``;
+``{chain}`` is ``UNDERLYING:YYYY-MM-DD`` (``NIFTY:2026-11-24``) and a leg's field is
+``{strike}:{CE|PE}`` (``25850.0:CE``, the strike as JSON writes it)::
+
+    livechain:catalog          string  JSON: the run id and the chain skeletons (underlyings,
+                                       index security ids, expiries, lot sizes, strike rows)
+    livechain:chain:{chain}    hash    {strike}:{side} → the leg's JSON object, byte for byte
+                                       as it appears in /options/live
+    livechain:meta:{chain}     hash    version, updated_at (epoch s), underlying_ltp,
+                                       stale_legs; a field that is absent is null
+    livechain:changes          stream  one entry per changed chain per flush (capped, MAXLEN ~):
+                                       run, seq, chain, full, the meta fields, and legs: a JSON
+                                       object {field: leg object} of the legs that changed
+    livechain:changes:{chain}  channel one JSON message per changed chain per flush: the same
+                                       entry as one JSON object
+
+All of a flush is one MULTI/EXEC, so a reader never sees half a flush and the stream's last
+entry always describes the state the hashes hold. ``run`` changes whenever the writer
+rewrote the whole state (start-up, or reconnection after Redis was unreachable); within a
+run ``seq`` grows by exactly one per entry, so a reader that sees a new run or a gap in
+``seq`` knows it must reload rather than follow.
+
+A stream entry carries its legs as one JSON field rather than one field per leg: encoding
+arguments is most of the client's cost, and the pub/sub message embeds the same bytes.
+orjson's output is canonical, so a reader that parses a leg and encodes it again with orjson
+gets the writer's bytes back (``parse_change`` does, for the replica's byte-identical bodies).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PREFIX = "livechain:"
+CATALOG_KEY = PREFIX + "catalog"
+STREAM_KEY = PREFIX + "changes"
+CHANNEL_PATTERN = PREFIX + "changes:*"
+LEGS_PATTERN = PREFIX + "chain:*"
+META_PATTERN = PREFIX + "meta:*"
+
+_RUN, _SEQ, _CHAIN, _FULL, _LEGS = b"run", b"seq", b"chain", b"full", b"legs"
+_VERSION, _UPDATED_AT, _UNDERLYING_LTP, _STALE_LEGS = b"version", b"updated_at", b"underlying_ltp", b"stale_legs"
+
+
+def chain_id(underlying: str, expiry: dt.date) -> str:
+    return f"{underlying}:{expiry.isoformat()}"
+
+
+def legs_key(cid: str) -> str:
+    return f"{PREFIX}chain:{cid}"
+
+
+def meta_key(cid: str) -> str:
+    return f"{PREFIX}meta:{cid}"
+
+
+def channel(cid: str) -> str:
+    return f"{PREFIX}changes:{cid}"
+
+
+def leg_field(strike: float, side: str) -> str:
+    """``25850.0:CE``: Python's shortest float repr, which is also what JSON shows for a strike."""
+    return f"{strike!r}:{side}"
+
+
+# --------------------------------------------------------------------------- chain meta
+
+
+@dataclass(frozen=True, slots=True)
+class ChainMeta:
+    """The changing, chain-level part of a body (``as_of`` is ``updated_at`` shown in IST)."""
+
+    version: int
+    updated_at: float | None
+    underlying_ltp: float | None
+    stale_legs: int
+
+    def fields(self) -> dict[str, str]:
+        """As hash/stream fields: floats as their exact repr; None is an absent field."""
+        out = {"version": str(self.version), "stale_legs": str(self.stale_legs)}
+        if self.updated_at is not None:
+            out["updated_at"] = repr(self.updated_at)
+        if self.underlying_ltp is not None:
+            out["underlying_ltp"] = repr(self.underlying_ltp)
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes]) -> ChainMeta:
+        updated_at = fields.get(_UPDATED_AT)
+        ltp = fields.get(_UNDERLYING_LTP)
+        return cls(
+            version=int(fields[_VERSION]),
+            updated_at=None if updated_at is None else float(updated_at),
+            underlying_ltp=None if ltp is None else float(ltp),
+            stale_legs=int(fields[_STALE_LEGS]),
+        )
+
+
+# --------------------------------------------------------------------------- catalog
+
+Strike = tuple[float, int | None, int | None]  # strike, CE security id, PE security id (None: no contract)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChain:
+    underlying: str
+    expiry: dt.date
+    lot_size: int
+    strikes: tuple[Strike, ...]  # ascending
+
+    @property
+    def cid(self) -> str:
+        return chain_id(self.underlying, self.expiry)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogUnderlying:
+    underlying: str
+    segment: int
+    security_id: int  # the index's
+    chains: tuple[CatalogChain, ...]  # ascending by expiry
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    run: str
+    underlyings: tuple[CatalogUnderlying, ...]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "run": self.run,
+                "underlyings": [
+                    {
+                        "underlying": u.underlying,
+                        "segment": u.segment,
+                        "security_id": u.security_id,
+                        "expiries": [
+                            {"expiry": c.expiry, "lot_size": c.lot_size, "strikes": [list(s) for s in c.strikes]}
+                            for c in u.chains
+                        ],
+                    }
+                    for u in self.underlyings
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Catalog:
+        doc: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            run=doc["run"],
+            underlyings=tuple(
+                CatalogUnderlying(
+                    u["underlying"],
+                    u["segment"],
+                    u["security_id"],
+                    tuple(
+                        CatalogChain(
+                            u["underlying"],
+                            dt.date.fromisoformat(e["expiry"]),
+                            e["lot_size"],
+                            tuple((float(s), ce, pe) for s, ce, pe in e["strikes"]),
+                        )
+                        for e in u["expiries"]
+                    ),
+                )
+                for u in doc["underlyings"]
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- changes
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One stream entry: a chain's meta and the legs that changed (all of them when ``full``)."""
+
+    run: str
+    seq: int
+    cid: str
+    full: bool
+    meta: ChainMeta
+    legs: dict[str, bytes]
+
+
+def legs_json(legs: Sequence[tuple[str, bytes]]) -> bytes:
+    """``{"25850.0:CE": {...}, ...}`` from each leg's field and JSON bytes, encoded once per flush."""
+    return orjson.dumps({field: orjson.Fragment(doc) for field, doc in legs})
+
+
+def change_fields(run: str, seq: int, cid: str, full: bool, meta: dict[str, str], legs: bytes) -> dict:
+    """A stream entry's fields; ``legs`` is ``legs_json(...)``."""
+    return {"run": run, "seq": seq, "chain": cid, "full": int(full), **meta, "legs": legs}
+
+
+def parse_change(fields: Mapping[bytes, bytes]) -> Change:
+    dumps = orjson.dumps
+    return Change(
+        run=fields[_RUN].decode(),
+        seq=int(fields[_SEQ]),
+        cid=fields[_CHAIN].decode(),
+        full=fields.get(_FULL) == b"1",
+        meta=ChainMeta.from_fields(fields),
+        legs={field: dumps(doc) for field, doc in orjson.loads(fields[_LEGS]).items()},
+    )
+
+
+def change_message(
+    run: str, seq: int, underlying: str, expiry: dt.date, full: bool, meta: ChainMeta, as_of: dt.datetime | None,
+    legs: bytes,
+) -> bytes:
+    """The pub/sub message: the stream entry as one JSON object (``legs`` is ``legs_json(...)``)."""
+    return orjson.dumps(
+        {
+            "run": run,
+            "seq": seq,
+            "underlying": underlying,
+            "expiry": expiry,
+            "version": meta.version,
+            "as_of": as_of,
+            "underlying_ltp": meta.underlying_ltp,
+            "stale_legs": meta.stale_legs,
+            "full": full,
+            "legs": orjson.Fragment(legs),
+        }
+    )
