@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import signal
 import time
@@ -22,10 +21,12 @@ from aiohttp import web
 from feeds.dhan.client import DhanFeed
 from feeds.dhan.instruments import load_scrip_master
 from feeds.errors import FatalFeedError, InstrumentMasterError
-from feeds.model import IST, ChainSkeleton
+from feeds.model import ChainSkeleton
 from feeds.replay import Recorder, ReplayServer
 from feeds.simulator.server import SimulatorServer
+from feeds.calendar import MarketCalendar
 from service.cache import ChainCache
+from service.roll import ExpiryRoller, live_skeleton
 from service.chains import CacheChains
 from service.endpoints import build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
@@ -58,20 +59,21 @@ class RunningService:
     metrics: Metrics | None = None
     metrics_port: int | None = None  # None when metrics are disabled
     mirror: RedisMirror | None = None  # None when redis.enabled = false
+    roller: ExpiryRoller | None = None
 
 
-def today_ist() -> dt.date:
-    return dt.datetime.now(IST).date()
+async def _load_master(settings: Settings, source: str) -> ChainSkeleton:
+    """Every expiry the scrip master lists for the configured underlyings."""
+    return await load_scrip_master(source, settings.instruments.underlyings, timeout_s=settings.instruments.load_timeout_s)
 
 
-async def _load_instruments(settings: Settings, source: str) -> ChainSkeleton:
+async def _load_instruments(settings: Settings, source: str, calendar: MarketCalendar) -> tuple[ChainSkeleton, ChainSkeleton]:
+    """(the full list, the live chains to serve now)."""
     try:
-        skeleton = await load_scrip_master(
-            source, settings.instruments.underlyings, timeout_s=settings.instruments.load_timeout_s
-        )
+        full = await _load_master(settings, source)
     except InstrumentMasterError as exc:
         raise ConfigError(f"cannot load instruments: {exc}") from exc
-    skeleton = skeleton.limit_expiries(settings.instruments.max_expiries, today_ist())
+    skeleton = live_skeleton(full, settings.instruments.max_expiries, time.time(), calendar)
     empty = [s for s, u in skeleton.underlyings.items() if not u.expiries]
     if empty:
         raise ConfigError(f"no unexpired option expiries for: {', '.join(empty)}")
@@ -84,7 +86,7 @@ async def _load_instruments(settings: Settings, source: str) -> ChainSkeleton:
     )
     for sample in r.malformed_samples:
         log.warning("malformed scrip master row: %s", sample)
-    return skeleton
+    return full, skeleton
 
 
 async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Task[None]) -> None:
@@ -166,7 +168,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s)
         metrics, metrics_port = await _start_metrics(settings, health, stack)
         endpoint = await open_endpoint(settings, stack)
-        skeleton = await _load_instruments(settings, endpoint.scrip_master)
+        full, skeleton = await _load_instruments(settings, endpoint.scrip_master, endpoint.calendar)
         cache = ChainCache(skeleton)
         feed = build_feed(settings, skeleton, endpoint)
         recorder = open_recorder(settings, skeleton, feed)
@@ -191,7 +193,8 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
 
         app = make_app(
             HttpContext(
-                CacheChains(cache, settings.cache.stale_after_s), lifecycle, settings.http.cors_allow_origins,
+                CacheChains(cache, settings.cache.stale_after_s, endpoint.calendar.is_open), lifecycle,
+                settings.http.cors_allow_origins,
                 health=health,
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
@@ -206,9 +209,15 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         port = runner.addresses[0][1]
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
+        roller = ExpiryRoller(
+            settings, full, endpoint.calendar, cache, feed, mirror,
+            reload=lambda: _load_master(settings, endpoint.scrip_master),
+        )
+        roll_task = asyncio.create_task(roller.run(), name="expiry-roll")
+        stack.push_async_callback(_cancel, roll_task)
         yield RunningService(
             settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
-            health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror,
+            health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror, roller=roller,
         )
 
 

@@ -96,19 +96,62 @@ class ChainCache:
             self.legs[und.key] = index
             self.index_keys[symbol] = und.key
             self._underlying_of[und.key] = symbol
+        self._build_chains(skeleton)
+
+    def _build_chains(self, skeleton: ChainSkeleton) -> list[Chain]:
+        """Create the chains of ``skeleton`` that do not exist yet; index links and counts follow."""
+        added = []
+        for symbol, und in skeleton.underlyings.items():
+            index = self.legs[und.key]
             chains = []
             for exp in und.expiries:
-                chain = Chain(symbol, exp.expiry, exp.lot_size, index)
-                for row in exp.strikes:
-                    ce = self._leg(row.ce, chain, symbol)
-                    pe = self._leg(row.pe, chain, symbol)
-                    chain.rows.append((row.strike, ce, pe))
-                self.chains[(symbol, exp.expiry)] = chain
+                chain = self.chains.get((symbol, exp.expiry))
+                if chain is None:
+                    chain = Chain(symbol, exp.expiry, exp.lot_size, index)
+                    for row in exp.strikes:
+                        ce = self._leg(row.ce, chain, symbol)
+                        pe = self._leg(row.pe, chain, symbol)
+                        chain.rows.append((row.strike, ce, pe))
+                    self.chains[(symbol, exp.expiry)] = chain
+                    added.append(chain)
                 chains.append(chain)
             index.chains = tuple(chains)
             self.expiries[symbol] = [c.expiry for c in chains]
-            self.covered_by_underlying[symbol] = 0
-            self.subscribed_by_underlying[symbol] = sum(1 for k, s in self._underlying_of.items() if s == symbol)
+        self._recount()
+        return added
+
+    def _recount(self) -> None:
+        subscribed = dict.fromkeys(self.index_keys, 0)
+        covered = dict.fromkeys(self.index_keys, 0)
+        for key, leg in self.legs.items():
+            symbol = self._underlying_of[key]
+            subscribed[symbol] += 1
+            covered[symbol] += leg.seen
+        self.subscribed_by_underlying = subscribed
+        self.covered_by_underlying = covered
+        self.covered = sum(covered.values())
+
+    def reconfigure(self, skeleton: ChainSkeleton) -> tuple[list[Chain], list[Chain]]:
+        """Serve ``skeleton``'s chains from now on (the daily expiry roll): chains it lacks are
+        dropped with their legs, new ones start empty, the rest keep their state untouched.
+        Returns (added, removed). The underlyings themselves must not change."""
+        if set(skeleton.underlyings) != set(self.index_keys):
+            raise ValueError("reconfigure changes expiries, not underlyings")
+        wanted = {(s, e.expiry) for s, u in skeleton.underlyings.items() for e in u.expiries}
+        removed = [chain for key, chain in self.chains.items() if key not in wanted]
+        for chain in removed:
+            del self.chains[(chain.underlying, chain.expiry)]
+            for _, ce, pe in chain.rows:
+                for leg in (ce, pe):
+                    if leg is not None:
+                        del self.legs[leg.key]
+                        del self._underlying_of[leg.key]
+                        self.dirty.discard(leg)
+        added = self._build_chains(skeleton)
+        version = self._next_version()
+        for chain in added:
+            chain.version = version
+        return added, removed
 
     def _leg(self, contract: OptionContract | None, chain: Chain, symbol: str) -> Leg | None:
         if contract is None:
@@ -224,10 +267,12 @@ class ChainCache:
             if self.subscribed_by_underlying[sym] > self.covered_by_underlying[sym]
         }
 
-    def is_stale(self, chain: Chain, stale_after_s: float) -> bool:
+    def is_stale(self, chain: Chain, stale_after_s: float, market_open: bool = True) -> bool:
+        """Stale: a leg lost its feed and has had no data since, or, while the market is open,
+        nothing changed for ``stale_after_s`` (a closed market is quiet, not stale)."""
         if chain.stale_legs > 0 or chain.updated_at is None:
             return True
-        return self._clock() - chain.updated_at > stale_after_s
+        return market_open and self._clock() - chain.updated_at > stale_after_s
 
     def nearest_expiry(self, underlying: str, today: dt.date) -> dt.date | None:
         for expiry in self.expiries.get(underlying, ()):

@@ -9,7 +9,8 @@ chain state gives the same bytes and ETag whichever process answers.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,9 +49,12 @@ class ChainSource(Protocol):
 class CacheChains:
     """The primary's chains: snapshots rendered from the cache at most once per version."""
 
-    def __init__(self, cache: ChainCache, stale_after_s: float) -> None:
+    def __init__(
+        self, cache: ChainCache, stale_after_s: float, is_market_open: Callable[[float], bool] = lambda now: True
+    ) -> None:
         self.cache = cache
         self.stale_after_s = stale_after_s
+        self.is_market_open = is_market_open
 
     def expiries(self, underlying: str) -> Sequence[dt.date] | None:
         return self.cache.expiries.get(underlying)
@@ -59,7 +63,8 @@ class CacheChains:
         chain = self.cache.chains.get((underlying, expiry))
         if chain is None:
             return None
-        return render(chain, self.cache.is_stale(chain, self.stale_after_s))
+        stale = self.cache.is_stale(chain, self.stale_after_s, self.is_market_open(time.time()))
+        return render(chain, stale)
 
     def underlyings(self) -> list[UnderlyingInfo]:
         cache = self.cache

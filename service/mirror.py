@@ -111,9 +111,18 @@ class RedisMirror:
         self._ever_connected = False
         self._down_since: float | None = None
         self._in_flight = 0
-        # The static layout, computed once: where each option leg lives, and each chain's id.
         self._where: dict[Leg, tuple[Chain, str]] = {}
         self._cid: dict[Chain, str] = {}
+        self._underlyings: tuple[CatalogUnderlying, ...] = ()
+        self.relayout()
+
+    def relayout(self) -> None:
+        """Recompute where each leg lives from the cache's chains, and rewrite everything (new
+        catalog, new run, obsolete chains deleted) at the next flush. Called once at start and
+        after the cache's chain set changed (the expiry roll)."""
+        cache = self._cache
+        self._where = {}
+        self._cid = {}
         underlyings = []
         for symbol, expiries in cache.expiries.items():
             catalog_chains = []
@@ -134,6 +143,7 @@ class RedisMirror:
             key = cache.index_keys[symbol]
             underlyings.append(CatalogUnderlying(symbol, key[0], key[1], tuple(catalog_chains)))
         self._underlyings = tuple(underlyings)
+        self._full = True
 
     @property
     def run(self) -> str:

@@ -67,6 +67,8 @@ class InstrumentsSettings(_Section):
     load_timeout_s: float = Field(60.0, gt=0)
     # How often to check whether an expiry has passed (then the chain set rolls forward).
     roll_check_s: float = Field(60.0, gt=0)
+    # Reload the scrip master once a day at this IST time: Dhan lists new contracts overnight.
+    reload_at: dt.time = dt.time(8, 45)
 
     @field_validator("underlyings")
     @classmethod

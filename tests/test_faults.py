@@ -19,7 +19,6 @@ from feeds.simulator.server import SimulatorServer
 from service.app import running_service
 from service.cache import ChainCache
 from service.endpoints import subscriptions_for
-from service.errors import FeedFatal
 from service.ingest import Ingest
 from service.lifecycle import Lifecycle, Phase
 from tests.test_service import SIM, assert_cache_matches_simulator, quiesce, settings_for, until
