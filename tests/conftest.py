@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 
 import pytest
@@ -13,6 +14,31 @@ from feeds.simulator.universe import build_universe
 
 TODAY = dt.date(2026, 11, 23)  # a Monday: NIFTY's weekly expiry is the next day
 NOW = 1_795_000_000.0  # a fixed receive instant for unit tests
+
+
+ENV_PREFIXES = ("LIVECHAIN_", "DHAN_")
+
+
+def hermetic_environ(**overrides: str) -> dict[str, str]:
+    """This process's environment without any livechain or Dhan setting, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a developer's LIVECHAIN_* or DHAN_* variables."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def dhan_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker credentials as a user of feed.kind = dhan sets them."""
+    monkeypatch.setenv("DHAN_CLIENT_ID", "1000000001")
+    monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-test-token")
 
 
 def free_port() -> int:

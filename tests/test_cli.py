@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -13,19 +12,20 @@ import pytest
 
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
-from tests.conftest import free_port
+from tests.conftest import free_port, hermetic_environ
 
 UNIT_S = 10.0  # process start-up on a busy 2-core machine takes a few seconds
 SIM = dict(underlyings=("NIFTY",), expiries=1, strikes_per_side=3)
 
 
 def _env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVECHAIN_", "DHAN_"))}
-    env.update({"LIVECHAIN_SIMULATOR__STRIKES_PER_SIDE": "3", "LIVECHAIN_SIMULATOR__EXPIRIES": "1"})
-    env["LIVECHAIN_METRICS__PORT"] = "0"  # never the fixed default: suites may run side by side
-    env["LIVECHAIN_REDIS__ENABLED"] = "false"  # hermetic: never a developer's Redis on 6379
-    env.update(overrides)
-    return env
+    return hermetic_environ(
+        LIVECHAIN_SIMULATOR__STRIKES_PER_SIDE="3",
+        LIVECHAIN_SIMULATOR__EXPIRIES="1",
+        LIVECHAIN_METRICS__PORT="0",  # never the fixed default: suites may run side by side
+        LIVECHAIN_REDIS__ENABLED="false",  # hermetic: never a developer's Redis on 6379
+        **overrides,
+    )
 
 
 async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -23,18 +23,8 @@ from service.ingest import Ingest
 from service.lifecycle import Lifecycle, Phase
 from tests.test_service import SIM, assert_cache_matches_simulator, quiesce, settings_for, until
 
-pytestmark = pytest.mark.usefixtures("_clean_env")
+pytestmark = pytest.mark.usefixtures("dhan_env")
 
-
-@pytest.fixture
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DHAN_CLIENT_ID", "1000000001")
-    monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-first-token")
 
 
 @pytest.fixture

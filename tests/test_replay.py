@@ -14,19 +14,10 @@ from service.app import running_service
 from service.cache import ChainCache
 from tests.test_service import SIM, quiesce, settings_for, until
 
+pytestmark = pytest.mark.usefixtures("dhan_env")
+
 LEG_FIELDS = ("ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low", "close",
               "bid", "bid_qty", "ask", "ask_qty")
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DHAN_CLIENT_ID", "1000000001")
-    monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-token")
 
 
 def test_recorder_round_trip(tmp_path: Path) -> None:

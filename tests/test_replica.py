@@ -32,13 +32,6 @@ UNIT_S = 5.0  # the unit every wait in this file is a multiple of
 SIM = dict(underlyings=["NIFTY"], expiries=2, strikes_per_side=5, tick_interval_s=0.02, trades_per_step=10)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-
-
 def _redis_section(url: str) -> dict[str, Any]:
     return dict(
         url=url, enabled=True, flush_interval_s=0.01, reconnect_initial_s=0.02, reconnect_max_s=0.2,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import pytest
@@ -11,22 +10,15 @@ from feeds.calendar import MarketCalendar
 from feeds.dhan.packets import FeedMode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
+from feeds.simulator.universe import build_universe
 from service.app import running_service
 from service.roll import live_skeleton
+from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.test_service import get_json, quiesce, assert_cache_matches_simulator, settings_for, until
 
+pytestmark = pytest.mark.usefixtures("dhan_env")
+
 SIM3 = dict(underlyings=("NIFTY",), expiries=3, strikes_per_side=3, tick_interval_s=0.02, trades_per_step=10)
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DHAN_CLIENT_ID", "1000000001")
-    monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-token")
 
 
 def _close(day: dt.date) -> float:
@@ -36,8 +28,6 @@ def _close(day: dt.date) -> float:
 def test_live_skeleton_drops_expiries_at_1530_ist() -> None:
     """An expiry is live until 15:30 IST on its day, then the next one takes its place."""
     config = SimulatorConfig(**SIM3, today=dt.date(2026, 11, 23))
-    from feeds.simulator.universe import build_universe
-
     full = build_universe(config, dt.date(2026, 11, 23)).skeleton
     first, second, third = (e.expiry for e in full.underlyings["NIFTY"].expiries)
     calendar = MarketCalendar()
@@ -72,8 +62,6 @@ async def test_roll_moves_chains_subscriptions_and_http() -> None:
             await quiesce(sim, svc)
             assert_cache_matches_simulator(svc.cache, sim)
 
-
-from tests.redis_fixture import RedisServer, redis_server  # noqa: E402,F401  (the fixture)
 
 
 async def test_roll_rewrites_redis(redis_server: RedisServer) -> None:  # noqa: F811

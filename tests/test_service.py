@@ -23,15 +23,6 @@ UNIT_S = 5.0  # the unit every wait in this file is a multiple of
 SIM = dict(underlyings=("NIFTY",), expiries=2, strikes_per_side=5, tick_interval_s=0.02, trades_per_step=10)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-
-
 def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
     """Settings for a service on a free port; with ``sim``, feed.kind=dhan pointed at it."""
     base: dict[str, dict] = {
@@ -48,12 +39,6 @@ def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return Settings(**base)
-
-
-@pytest.fixture
-def dhan_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DHAN_CLIENT_ID", "1000000001")
-    monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-test-token")
 
 
 @pytest.fixture

@@ -10,15 +10,6 @@ from service.errors import ConfigError
 from service.settings import load_dhan_credentials, load_settings
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("LIVECHAIN_", "DHAN_")):
-            monkeypatch.delenv(name)
-
-
 def test_repository_config_loads() -> None:
     """config/livechain.toml is valid and runs the simulator by default."""
     settings = load_settings(Path("config/livechain.toml"))
