@@ -3,7 +3,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LIVECHAIN_CONFIG=/app/config/livechain.toml \
-    LIVECHAIN_HTTP__HOST=0.0.0.0
+    LIVECHAIN_HTTP__HOST=0.0.0.0 \
+    LIVECHAIN_METRICS__HOST=0.0.0.0
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -14,5 +15,5 @@ RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /app livechain
 
 USER livechain
-EXPOSE 8080
+EXPOSE 8080 9108
 ENTRYPOINT ["livechain", "run"]

@@ -8,8 +8,11 @@ median ratio, with the absolute numbers beside it.
     python -m bench --quick         # short rounds: a smoke test for CI
     python -m bench --only decode   # one scenario (repeatable)
 
-Layout: ``model`` (rows, budgets, scenarios), ``timing`` (the interleaved race), ``corpus``
-(realistic Dhan packets), ``sdk`` (the official SDK as a baseline), ``machine`` (what ran it),
-``report`` (table and JSON), ``scenarios`` (the registry, one module per scenario).
+Layout: ``model`` (rows, budgets, scenarios), ``timing`` (the interleaved race, and
+``interleave`` for contestants that time themselves), ``corpus`` (realistic Dhan packets),
+``sdk`` (the official SDK as a baseline), ``machine`` (what ran it), ``report`` (table and
+JSON), ``worker`` (a role in a process of its own, driven over a pipe), ``roles`` (feed
+servers, clients, the service and its probes, run by ``worker``), ``redis_server`` (a
+throwaway ``redis-server``), ``scenarios`` (the registry, one module per scenario).
 See docs/benchmarks.md.
 """

@@ -27,8 +27,8 @@ def format_table(rows: Sequence[Row], machine: dict[str, Any]) -> str:
         lines.append(
             _line(
                 (
-                    r.scenario, case, _si(r.ours), _si(r.baseline), r.unit, f"{r.ratio:.1f}x",
-                    f"{r.ratio_min:.1f}–{r.ratio_max:.1f}x", target, verdict,
+                    r.scenario, case, _si(r.ours), _si(r.baseline), r.unit, f"{_ratio(r.ratio)}x",
+                    f"{_ratio(r.ratio_min)}–{_ratio(r.ratio_max)}x", target, verdict,
                 )
             )
         )  # fmt: skip
@@ -73,3 +73,8 @@ def _si(x: float) -> str:
         if abs(x) >= factor:
             return f"{x / factor:.3g}{suffix}"
     return f"{x:.3g}"
+
+
+def _ratio(x: float) -> str:
+    """Two decimals below 10 (0.66x must not print as a passing 0.7x), one above."""
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"

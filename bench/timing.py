@@ -9,9 +9,13 @@ so that no one always inherits a warm or cold start; a scenario then takes media
 from __future__ import annotations
 
 import gc
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +54,26 @@ def _rate(c: Contestant, passes: int) -> float:
     for _ in range(passes):
         items += c.run()
     return items / (time.perf_counter() - start)
+
+
+def interleave(contestants: Mapping[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """``race`` for contestants that measure themselves (across processes, over sockets).
+
+    Each call runs one contestant once and returns its own figure (a rate, latency
+    percentiles…); every round calls each contestant, rotating who goes first.
+    """
+    names = list(contestants)
+    out: dict[str, list[T]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in (*names[k:], *names[:k]):
+            out[name].append(contestants[name]())
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) by nearest rank: a value that was really observed."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

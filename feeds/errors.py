@@ -4,11 +4,16 @@
     ├── DecodeError            a binary packet is truncated or inconsistent
     ├── InstrumentMasterError  the scrip master cannot be read at all
     ├── SubscriptionError      a subscription request is invalid (e.g. over a limit)
-    └── FeedConnectionError    the broker connection failed; retry after a backoff
-        ├── RateLimited        HTTP 429 on the handshake, or 805: wait long before retrying
-        ├── TokenExpired       807: reconnect once a fresh token is available
-        ├── DataStall          the market is open but no data arrived for too long
-        └── FatalFeedError     the broker refused us for a reason a retry cannot fix
+    ├── FeedConnectionError    the broker connection failed; retry after a backoff
+    │   ├── RateLimited        HTTP 429 on the handshake, or 805: wait long before retrying
+    │   ├── TokenExpired       807: reconnect once a fresh token is available
+    │   ├── DataStall          the market is open but no data arrived for too long
+    │   └── FatalFeedError     the broker refused us for a reason a retry cannot fix
+    └── RestError              a REST call (option chain, reference §6) failed; ``code`` is Dhan's
+        ├── RestRateLimited    805, DH-904 or HTTP 429: retried after a backoff
+        ├── RestServerError    800, DH-908/909, 5xx, a network error or a body we cannot read: retried
+        ├── RestAuthError      806-810, DH-901/902/903, 401/403: credentials or plan must change
+        └── RestRequestError   811-814 and other refusals of this request: retrying cannot help
 
 Library errors (websockets, aiohttp, OSError) are translated where they arise and
 kept as ``__cause__``.
@@ -67,3 +72,36 @@ class FatalFeedError(FeedConnectionError):
     def __init__(self, message: str, *, reason_code: int | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class RestError(FeedError):
+    """A REST call failed. ``code`` is Dhan's error code ("805", "DH-904") when it sent one."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 retry_after_s: float = 0.0) -> None:  # fmt: skip
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after_s = retry_after_s  # the least wait before retrying (HTTP Retry-After)
+
+
+class RestRateLimited(RestError):
+    """Too many requests (805, DH-904, HTTP 429)."""
+
+    retryable = True
+
+
+class RestServerError(RestError):
+    """The server failed or could not be reached, or answered with something unreadable."""
+
+    retryable = True
+
+
+class RestAuthError(RestError):
+    """Credentials or the account's plan were refused."""
+
+
+class RestRequestError(RestError):
+    """The request itself was refused (bad security id, expiry, parameters)."""

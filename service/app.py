@@ -25,10 +25,13 @@ from feeds.model import ChainSkeleton
 from feeds.replay import Recorder, ReplayServer
 from feeds.simulator.server import SimulatorServer
 from feeds.calendar import MarketCalendar
+from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
+from service.analytics_runner import AnalyticsRunner
 from service.cache import ChainCache
+from service.rest_seed import RestSeeder
 from service.roll import ExpiryRoller, live_skeleton
 from service.chains import CacheChains
-from service.endpoints import build_feed, open_endpoint, open_recorder
+from service.endpoints import FeedEndpoint, build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
 from service.health import Health
 from service.http import HttpContext, make_app
@@ -60,6 +63,8 @@ class RunningService:
     metrics_port: int | None = None  # None when metrics are disabled
     mirror: RedisMirror | None = None  # None when redis.enabled = false
     roller: ExpiryRoller | None = None
+    analytics: AnalyticsRunner | None = None  # None when analytics.enabled = false
+    seeder: RestSeeder | None = None  # None unless seeding from the REST option chain
 
 
 async def _load_master(settings: Settings, source: str) -> ChainSkeleton:
@@ -153,6 +158,36 @@ async def _start_mirror(
     return await stack.enter_async_context(RedisMirror(cache, settings.redis, on_connect=attach))
 
 
+async def _start_analytics(
+    settings: Settings, cache: ChainCache, stack: contextlib.AsyncExitStack
+) -> AnalyticsRunner | None:
+    if not settings.analytics.enabled:
+        return None
+    return await stack.enter_async_context(AnalyticsRunner(cache, settings.analytics))
+
+
+async def _start_seeder(
+    settings: Settings, cache: ChainCache, endpoint: FeedEndpoint, stack: contextlib.AsyncExitStack
+) -> RestSeeder | None:
+    """Seed from the REST option chain in the background (``analytics.seed``; auto: with Dhan's feed)."""
+    a = settings.analytics
+    wanted = settings.feed.kind == "dhan" if a.seed == "auto" else a.seed
+    if not wanted:
+        return None
+    if endpoint.rest_url is None:
+        log.warning("analytics.seed is on but feed.kind = %s has no option-chain REST API: not seeding",
+                    settings.feed.kind)  # fmt: skip
+        return None
+    client = OptionChainClient(
+        endpoint.rest_url, endpoint.credentials, limiter=UniqueRequestLimiter(a.rest_min_interval_s),
+        timeout_s=a.rest_timeout_s, max_attempts=a.rest_max_attempts, backoff_initial_s=a.rest_backoff_initial_s,
+        backoff_max_s=a.rest_backoff_max_s,
+    )
+    log.info("seeding option chains from the REST API at %s, reconciling every %gs", endpoint.rest_url,
+             a.reconcile_s)  # fmt: skip
+    return await stack.enter_async_context(RestSeeder(cache, client, a.reconcile_s))
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     """Stop ``task`` and wait for it; an error it ended with has already been raised elsewhere."""
     task.cancel()
@@ -176,12 +211,15 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             stack.callback(recorder.close)
         health.cache, health.feed = cache, feed
         mirror = await _start_mirror(settings, cache, health, stack)
+        analytics = await _start_analytics(settings, cache, stack)
+        seeder = await _start_seeder(settings, cache, endpoint, stack)
         ingest = Ingest(
             cache, lifecycle, min_coverage=settings.readiness.min_coverage, connections=len(feed.connections),
             latency=metrics.ingest_latency if metrics is not None else None,
         )
         if metrics is not None:
             metrics.attach_ingest(ingest)
+            metrics.attach_analytics(analytics, seeder)
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
         stack.push_async_callback(_cancel, feed_task)
@@ -190,6 +228,8 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             await _await_gate(settings, ingest, feed_task)
         except FatalFeedError as exc:
             raise FeedFatal(str(exc)) from exc
+        if analytics is not None:
+            analytics.run_once()  # the first body served carries analytics
 
         app = make_app(
             HttpContext(
@@ -218,6 +258,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
         yield RunningService(
             settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
             health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror, roller=roller,
+            analytics=analytics, seeder=seeder,
         )
 
 

@@ -3,6 +3,8 @@
 Only ``Ingest`` calls ``apply`` and ``mark_stale``; both are synchronous and run on the
 event loop, so no reader ever sees a half-applied batch and no lock is needed. Readers get
 immutable ``ChainSnapshot``s (see ``service.snapshot``), rendered at most once per version.
+Two more writers run on the same loop, also through synchronous methods: ``seed`` (Dhan's
+REST option chain, ``service.rest_seed``) and ``set_analytics`` (``service.analytics_runner``).
 
 Versions come from one counter that starts at the wall clock in microseconds and grows by
 one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
@@ -19,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from feeds.model import (
     ChainSkeleton,
@@ -34,12 +36,23 @@ from feeds.model import (
 )
 
 
+class LegSeed(NamedTuple):
+    """What Dhan's REST option chain says about one leg; ``None``: it says nothing."""
+
+    key: InstrumentKey
+    oi: int | None
+    prev_close: float | None
+    prev_oi: int | None
+    dhan: Any  # service.analytics.DhanGreeks | None
+
+
 class Leg:
     """Latest known state of one instrument; ``None`` means never received."""
 
     __slots__ = (
         "key", "contract", "chains", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi",
         "open", "high", "low", "close", "bid", "bid_qty", "ask", "ask_qty", "updated_at", "seen", "stale", "doc",
+        "dhan",
     )
 
     def __init__(self, key: InstrumentKey, contract: OptionContract | None) -> None:
@@ -53,12 +66,16 @@ class Leg:
         self.seen = False
         self.stale = False
         self.doc: bytes | None = None  # the leg's JSON object (service.snapshot), dropped on every change
+        self.dhan: Any = None  # Dhan's own IV and greeks from its REST chain (service.analytics.DhanGreeks)
 
 
 class Chain:
     """One underlying/expiry: its strikes, its index leg, and its version."""
 
-    __slots__ = ("underlying", "expiry", "lot_size", "index", "rows", "version", "updated_at", "stale_legs", "rendered")
+    __slots__ = (
+        "underlying", "expiry", "lot_size", "index", "rows", "version", "updated_at", "stale_legs", "rendered",
+        "analytics",
+    )
 
     def __init__(self, underlying: str, expiry: dt.date, lot_size: int, index: Leg) -> None:
         self.underlying = underlying
@@ -70,6 +87,7 @@ class Chain:
         self.updated_at: float | None = None
         self.stale_legs = 0
         self.rendered: Any = None  # the last ChainSnapshot, owned by service.snapshot
+        self.analytics: Any = None  # the last ChainAnalytics, computed by service.analytics_runner
 
 
 class ChainCache:
@@ -222,6 +240,45 @@ class ChainCache:
         if marked and self.dirty_since is None:
             self.dirty_since = time.monotonic()
         return marked
+
+    def seed(self, seeds: Iterable[LegSeed]) -> int:
+        """Fill in what the feed has not sent yet from Dhan's REST chain, and keep Dhan's IV/greeks.
+
+        Live data wins: OI, previous close and previous OI are filled only where the feed has
+        sent none, because the REST chain is as old as the last reconcile. Seeding is not feed
+        coverage (the readiness gate still waits for the feed). Returns how many legs changed.
+        """
+        version = 0
+        changed = 0
+        for seed in seeds:
+            leg = self.legs.get(seed.key)
+            if leg is None or leg.contract is None:
+                continue
+            filled = False
+            if leg.oi is None and seed.oi is not None:
+                leg.oi, filled = seed.oi, True
+            if leg.prev_close is None and seed.prev_close is not None:
+                leg.prev_close, filled = seed.prev_close, True
+            if leg.prev_oi is None and seed.prev_oi is not None:
+                leg.prev_oi, filled = seed.prev_oi, True
+            if not filled and seed.dhan == leg.dhan:
+                continue
+            leg.dhan = seed.dhan
+            if filled:
+                leg.doc = None
+                self.dirty.add(leg)
+            version = version or self._next_version()
+            for chain in leg.chains:
+                chain.version = version
+            changed += 1
+        if self.dirty and self.dirty_since is None:
+            self.dirty_since = time.monotonic()
+        return changed
+
+    def set_analytics(self, chain: Chain, analytics: Any) -> None:
+        """Install a chain's freshly computed analytics: its body changes, so it gets a new version."""
+        chain.analytics = analytics
+        chain.version = self._next_version()
 
     # ------------------------------------------------------------------ the change log's one reader
 

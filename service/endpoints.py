@@ -42,6 +42,7 @@ class FeedEndpoint:
     calendar: MarketCalendar
     simulator: SimulatorServer | None = None
     replay: ReplayServer | None = None
+    rest_url: str | None = None  # the option-chain REST API's base; None: there is none (replay)
 
 
 def simulator_config(sim: SimulatorSettings) -> SimulatorConfig:
@@ -122,7 +123,7 @@ async def open_endpoint(settings: Settings, stack: contextlib.AsyncExitStack) ->
         log.info("embedded simulator listening on %s", server.feed_url)
         credentials = Credentials(SIMULATOR_CLIENT_ID, lambda: SIMULATOR_TOKEN, token_source="simulator")
         source = settings.instruments.source or server.scrip_master_url
-        return FeedEndpoint(server.feed_url, credentials, source, calendar, simulator=server)
+        return FeedEndpoint(server.feed_url, credentials, source, calendar, simulator=server, rest_url=server.rest_url)
     if kind == "replay":
         if settings.replay.file is None:
             raise ConfigError("feed.kind = replay needs replay.file (env LIVECHAIN_REPLAY__FILE)")
@@ -134,7 +135,8 @@ async def open_endpoint(settings: Settings, stack: contextlib.AsyncExitStack) ->
         credentials = Credentials(SIMULATOR_CLIENT_ID, lambda: SIMULATOR_TOKEN, token_source="replay")
         return FeedEndpoint(replay.feed_url, credentials, replay.scrip_master_url, calendar, replay=replay)
     return FeedEndpoint(
-        settings.feed.url, dhan_credentials(settings), settings.instruments.source or DHAN_SCRIP_MASTER_URL, calendar
+        settings.feed.url, dhan_credentials(settings), settings.instruments.source or DHAN_SCRIP_MASTER_URL, calendar,
+        rest_url=settings.feed.rest_url,
     )
 
 

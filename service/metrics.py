@@ -165,6 +165,8 @@ class LivechainCollector(Collector):
         self.http = http
         self.ingest_latency = ingest_latency
         self.ingest: Ingest | None = None
+        self.analytics: object | None = None  # service.analytics_runner.AnalyticsRunner
+        self.seeder: object | None = None  # service.rest_seed.RestSeeder
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -180,6 +182,36 @@ class LivechainCollector(Collector):
         yield from self._http()
         if self.health.mirror is not None:
             yield from self._mirror(self.health.mirror)
+        if self.analytics is not None:
+            yield from self._analytics(self.analytics)
+        if self.seeder is not None:
+            yield from self._rest(self.seeder)
+
+    def _analytics(self, runner: object) -> Iterator[Metric]:
+        stats = runner.stats  # type: ignore[attr-defined]
+        yield CounterMetricFamily(PREFIX + "analytics_passes_total", "Chain analytics computed", value=stats.passes)
+        yield CounterMetricFamily(
+            PREFIX + "analytics_seconds_total", "Time spent computing chain analytics", value=stats.seconds_total
+        )
+        yield CounterMetricFamily(PREFIX + "analytics_errors_total", "Chain analytics that failed", value=stats.errors)
+        last = GaugeMetricFamily(
+            PREFIX + "analytics_last_seconds", "Cost of the last analytics pass of a chain", labels=["underlying", "expiry"]
+        )
+        for (underlying, expiry), seconds in stats.last_seconds.items():
+            last.add_metric([underlying, expiry], seconds)
+        yield last
+
+    def _rest(self, seeder: object) -> Iterator[Metric]:
+        client = seeder.client.stats  # type: ignore[attr-defined]
+        seeded = seeder.stats  # type: ignore[attr-defined]
+        for name, value, doc in (
+            ("rest_requests_total", client.requests, "Option-chain REST requests sent (attempts)"),
+            ("rest_retries_total", client.retries, "Option-chain REST requests retried"),
+            ("rest_rate_limited_total", client.rate_limited, "Option-chain REST answers saying too many requests"),
+            ("rest_failures_total", client.failures, "Option-chain REST calls given up"),
+            ("rest_chains_seeded_total", seeded.chains_seeded, "Chains seeded or reconciled from the REST option chain"),
+        ):
+            yield CounterMetricFamily(PREFIX + name, doc, value=value)
 
     def _health(self) -> Iterator[Metric]:
         report = self.health.report()
@@ -369,6 +401,10 @@ class Metrics:
 
     def attach_ingest(self, ingest: Ingest) -> None:
         self.collector.ingest = ingest
+
+    def attach_analytics(self, runner: object | None, seeder: object | None = None) -> None:
+        self.collector.analytics = runner
+        self.collector.seeder = seeder
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

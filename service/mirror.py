@@ -6,7 +6,9 @@ legs' *current* state, so the buffer is bounded by the number of instruments and
 value per leg wins. One flush is one pipelined MULTI/EXEC (layout: ``service.redis_layout``):
 per changed chain an HSET of its changed legs, an HSET of its meta, an XADD to the capped
 ``livechain:changes`` stream and a PUBLISH on ``livechain:changes:{chain}`` (the last two
-carry the changed legs as one JSON object, encoded once).
+carry the changed legs as one JSON object, encoded once). A chain whose analytics were
+recomputed since the last flush (``service.analytics_runner``) is written too, with the
+analytics JSON in its meta hash, stream entry and message; other flushes leave them out.
 
 If a write fails the legs go back into the dirty set, the task backs off (exponential, full
 jitter, capped) and, once Redis answers again, rewrites the whole state under a new ``run``:
@@ -28,6 +30,7 @@ from service.cache import Chain, ChainCache, Leg
 from service.errors import RedisUnavailable
 from service.redis_client import REDIS_ERRORS, Backoff, describe, make_client, masked_url
 from service.redis_layout import (
+    ANALYTICS_FIELD,
     CATALOG_KEY,
     LEGS_PATTERN,
     META_PATTERN,
@@ -111,6 +114,7 @@ class RedisMirror:
         self._ever_connected = False
         self._down_since: float | None = None
         self._in_flight = 0
+        self._analytics_sent: dict[Chain, object] = {}  # per chain, the analytics Redis holds
         self._where: dict[Leg, tuple[Chain, str]] = {}
         self._cid: dict[Chain, str] = {}
         self._underlyings: tuple[CatalogUnderlying, ...] = ()
@@ -150,10 +154,17 @@ class RedisMirror:
         """Names the current full rewrite: readers reload when it changes."""
         return f"{self._token}.{self._generation}"
 
+    def _analytics_changed(self) -> bool:
+        sent = self._analytics_sent
+        return any(chain.analytics is not sent.get(chain) for chain in self._cid)
+
     @property
     def pending(self) -> int:
-        """Legs changed and not yet confirmed written by Redis, now (in-flight ones included)."""
-        return len(self._cache.dirty) + self._in_flight
+        """Legs changed and not yet confirmed written by Redis, now (in-flight ones included),
+        plus chains whose recomputed analytics are not yet confirmed written."""
+        sent = self._analytics_sent
+        unsent = sum(1 for chain in self._cid if chain.analytics is not sent.get(chain))
+        return len(self._cache.dirty) + self._in_flight + unsent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -262,7 +273,7 @@ class RedisMirror:
         cache = self._cache
         full = self._full
         taken, since = cache.take_dirty()
-        if not taken and not full:
+        if not taken and not full and not self._analytics_changed():
             return None
         started = time.monotonic()
         self._in_flight = len(taken)
@@ -317,6 +328,16 @@ class RedisMirror:
                 else:
                     by_chain.setdefault(place[0], []).append((place[1], leg_json(leg)))
 
+        # Analytics recomputed since they were last written (every chain's, on a full rewrite).
+        sent = self._analytics_sent
+        analytics: dict[Chain, bytes] = {}
+        for chain in self._cid:
+            current = chain.analytics
+            if current is not None and (full or current is not sent.get(chain)):
+                analytics[chain] = current.to_json()
+                by_chain.setdefault(chain, [])
+        written = {chain: chain.analytics for chain in analytics}
+
         generation = self._generation + 1 if full else self._generation
         run = f"{self._token}.{generation}"
         seq = 0 if full else self._seq
@@ -332,22 +353,27 @@ class RedisMirror:
             meta = ChainMeta(chain.version, chain.updated_at, chain.index.ltp, chain.stale_legs)
             meta_fields = meta.fields()
             changed = legs_json(legs)
+            raw = analytics.get(chain)
             seq += 1
             if legs:
                 pipe.hset(legs_key(cid), mapping=dict(legs))
                 legs_n += len(legs)
-            pipe.hset(meta_key(cid), mapping=meta_fields)
+            pipe.hset(meta_key(cid), mapping=meta_fields if raw is None else {**meta_fields, ANALYTICS_FIELD: raw})
             pipe.xadd(
-                STREAM_KEY, change_fields(run, seq, cid, full, meta_fields, changed), maxlen=maxlen, approximate=True
+                STREAM_KEY, change_fields(run, seq, cid, full, meta_fields, changed, raw), maxlen=maxlen,
+                approximate=True,
             )
             pipe.publish(
                 channel(cid),
-                change_message(run, seq, chain.underlying, chain.expiry, full, meta, ist(chain.updated_at), changed),
+                change_message(
+                    run, seq, chain.underlying, chain.expiry, full, meta, ist(chain.updated_at), changed, raw
+                ),
             )
         commands = len(pipe) + 2  # MULTI and EXEC
         async with asyncio.timeout(self._settings.timeout_s):
             await pipe.execute()
         self._generation, self._seq = generation, seq
+        self._analytics_sent = written if full else {**self._analytics_sent, **written}
         return legs_n, len(by_chain), commands
 
 

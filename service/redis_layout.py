@@ -10,10 +10,12 @@ Sans-I/O: nothing here talks to Redis. ``service.mirror`` writes this layout, an
     livechain:chain:{chain}    hash    {strike}:{side} → the leg's JSON object, byte for byte
                                        as it appears in /options/live
     livechain:meta:{chain}     hash    version, updated_at (epoch s), underlying_ltp,
-                                       stale_legs; a field that is absent is null
+                                       stale_legs; a field that is absent is null; and
+                                       analytics: the chain's analytics as JSON (see below)
     livechain:changes          stream  one entry per changed chain per flush (capped, MAXLEN ~):
                                        run, seq, chain, full, the meta fields, and legs: a JSON
-                                       object {field: leg object} of the legs that changed
+                                       object {field: leg object} of the legs that changed;
+                                       analytics when they were recomputed since the last entry
     livechain:changes:{chain}  channel one JSON message per changed chain per flush: the same
                                        entry as one JSON object
 
@@ -27,6 +29,13 @@ A stream entry carries its legs as one JSON field rather than one field per leg:
 arguments is most of the client's cost, and the pub/sub message embeds the same bytes.
 orjson's output is canonical, so a reader that parses a leg and encodes it again with orjson
 gets the writer's bytes back (``parse_change`` does, for the replica's byte-identical bodies).
+
+A chain's analytics (``service.analytics.ChainAnalytics.to_json``) are
+``{"computed_at": epoch s, "chain": {"forward": …, "max_pain": …}, "legs": {"25850.0:CE":
+[iv, delta, gamma, theta, vega, iv_source]}}`` (legs without any are left out). They depend
+on the time, so readers take them as written rather than recompute them; they are written
+only when recomputed (every ``analytics.interval_s`` at most, for chains that changed), not
+with every flush, because they cover every leg of the chain.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ META_PATTERN = PREFIX + "meta:*"
 
 _RUN, _SEQ, _CHAIN, _FULL, _LEGS = b"run", b"seq", b"chain", b"full", b"legs"
 _VERSION, _UPDATED_AT, _UNDERLYING_LTP, _STALE_LEGS = b"version", b"updated_at", b"underlying_ltp", b"stale_legs"
+ANALYTICS_FIELD = "analytics"  # in the meta hash, a stream entry and a pub/sub message
+_ANALYTICS = ANALYTICS_FIELD.encode()
 
 
 def chain_id(underlying: str, expiry: dt.date) -> str:
@@ -190,6 +201,7 @@ class Change:
     full: bool
     meta: ChainMeta
     legs: dict[str, bytes]
+    analytics: bytes | None = None  # the chain's analytics JSON, when recomputed since the last entry
 
 
 def legs_json(legs: Sequence[tuple[str, bytes]]) -> bytes:
@@ -197,9 +209,19 @@ def legs_json(legs: Sequence[tuple[str, bytes]]) -> bytes:
     return orjson.dumps({field: orjson.Fragment(doc) for field, doc in legs})
 
 
-def change_fields(run: str, seq: int, cid: str, full: bool, meta: dict[str, str], legs: bytes) -> dict:
+def change_fields(
+    run: str, seq: int, cid: str, full: bool, meta: dict[str, str], legs: bytes, analytics: bytes | None = None
+) -> dict:
     """A stream entry's fields; ``legs`` is ``legs_json(...)``."""
-    return {"run": run, "seq": seq, "chain": cid, "full": int(full), **meta, "legs": legs}
+    fields = {"run": run, "seq": seq, "chain": cid, "full": int(full), **meta, "legs": legs}
+    if analytics is not None:
+        fields[ANALYTICS_FIELD] = analytics
+    return fields
+
+
+def meta_analytics(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The analytics JSON held in a chain's meta hash, if any."""
+    return fields.get(_ANALYTICS)
 
 
 def parse_change(fields: Mapping[bytes, bytes]) -> Change:
@@ -211,25 +233,28 @@ def parse_change(fields: Mapping[bytes, bytes]) -> Change:
         full=fields.get(_FULL) == b"1",
         meta=ChainMeta.from_fields(fields),
         legs={field: dumps(doc) for field, doc in orjson.loads(fields[_LEGS]).items()},
+        analytics=fields.get(_ANALYTICS),
     )
 
 
 def change_message(
     run: str, seq: int, underlying: str, expiry: dt.date, full: bool, meta: ChainMeta, as_of: dt.datetime | None,
     legs: bytes,
+    analytics: bytes | None = None,
 ) -> bytes:
     """The pub/sub message: the stream entry as one JSON object (``legs`` is ``legs_json(...)``)."""
-    return orjson.dumps(
-        {
-            "run": run,
-            "seq": seq,
-            "underlying": underlying,
-            "expiry": expiry,
-            "version": meta.version,
-            "as_of": as_of,
-            "underlying_ltp": meta.underlying_ltp,
-            "stale_legs": meta.stale_legs,
-            "full": full,
-            "legs": orjson.Fragment(legs),
-        }
-    )
+    message = {
+        "run": run,
+        "seq": seq,
+        "underlying": underlying,
+        "expiry": expiry,
+        "version": meta.version,
+        "as_of": as_of,
+        "underlying_ltp": meta.underlying_ltp,
+        "stale_legs": meta.stale_legs,
+        "full": full,
+        "legs": orjson.Fragment(legs),
+    }
+    if analytics is not None:
+        message[ANALYTICS_FIELD] = orjson.Fragment(analytics)
+    return orjson.dumps(message)

@@ -6,7 +6,8 @@ follows ``livechain:changes`` with XREAD BLOCK. A new ``run`` (the primary rewro
 or a gap in ``seq`` (entries trimmed before we read them) means reload; a lost connection
 means not ready (503 on /readyz, chains reported stale) until Redis answers and a reload
 succeeds. ``ReplicaStore`` keeps what the body needs — each leg's JSON bytes as the primary
-wrote them — and renders through ``service.snapshot.chain_snapshot``, so for the same chain
+wrote them, and each chain's analytics as the primary computed them (never recomputed here:
+they depend on the time) — and renders through ``service.snapshot.chain_snapshot``, so for the same chain
 state the replica's body and ETag are the primary's, byte for byte.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.analytics import ChainAnalytics
 from service.chains import ExpiryInfo, UnderlyingInfo
 from service.errors import ReadinessTimeout
 from service.http import HttpContext, make_app
@@ -38,6 +40,7 @@ from service.redis_layout import (
     ChainMeta,
     leg_field,
     legs_key,
+    meta_analytics,
     meta_key,
     parse_change,
 )
@@ -65,11 +68,11 @@ def _parse(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Change:
 
 
 class ReplicaChain:
-    __slots__ = ("underlying", "expiry", "lot_size", "rows", "legs", "meta", "rendered")
+    __slots__ = ("underlying", "expiry", "lot_size", "rows", "legs", "meta", "analytics", "rendered")
 
     def __init__(
         self, underlying: str, expiry: dt.date, lot_size: int, rows: list[tuple[float, str | None, str | None]],
-        legs: dict[str, bytes], meta: ChainMeta,
+        legs: dict[str, bytes], meta: ChainMeta, analytics: ChainAnalytics | None = None,
     ) -> None:  # fmt: skip
         self.underlying = underlying
         self.expiry = expiry
@@ -77,6 +80,7 @@ class ReplicaChain:
         self.rows = rows  # strike, CE leg field, PE leg field (None: no contract)
         self.legs = legs  # leg field → the leg's JSON object, as the primary wrote it
         self.meta = meta
+        self.analytics = analytics  # as the primary computed them: they depend on the time
         self.rendered: ChainSnapshot | None = None
 
 
@@ -131,6 +135,11 @@ class ReplicaStore:
         chain = self._by_cid.get(change.cid)
         if chain is None or not change.legs.keys() <= chain.legs.keys():
             return f"change for a chain or strike not in the loaded catalog ({change.cid})"
+        if change.analytics is not None:
+            try:
+                chain.analytics = ChainAnalytics.from_json(change.analytics)
+            except _MALFORMED as exc:
+                return f"unreadable analytics in stream entry {entry_id.decode()}: {exc!r}"
         chain.legs.update(change.legs)
         chain.meta = change.meta
         self.seq = change.seq
@@ -168,6 +177,7 @@ class ReplicaStore:
             version=meta.version,
             stale=stale,
             rows=[(s, None if ce is None else legs[ce], None if pe is None else legs[pe]) for s, ce, pe in chain.rows],
+            analytics=chain.analytics,
         )
         chain.rendered = snap
         return snap
@@ -210,7 +220,11 @@ def _build(catalog: Catalog, replies: Sequence[Any], last: list[tuple[bytes, Map
                 if missing:
                     raise StateUnavailable(f"chain {c.cid} lacks legs {missing}")
                 rows.append((strike, ce_f, pe_f))
-            chains[c.cid] = ReplicaChain(c.underlying, c.expiry, c.lot_size, rows, legs, ChainMeta.from_fields(meta_raw))
+            raw = meta_analytics(meta_raw)
+            analytics = None if raw is None else ChainAnalytics.from_json(raw)
+            chains[c.cid] = ReplicaChain(
+                c.underlying, c.expiry, c.lot_size, rows, legs, ChainMeta.from_fields(meta_raw), analytics
+            )
     if last:
         entry_id, fields = last[0]
         change = _parse(entry_id, fields)

@@ -47,6 +47,15 @@ class FeedSettings(_Section):
     # Read the access token from this file at every connect instead of DHAN_ACCESS_TOKEN, so
     # a token refreshed overnight (or after an 807) is picked up without a restart.
     token_file: Path | None = None
+    # Dhan's REST API base (option chain, reference §6); the embedded simulator serves its own.
+    rest_url: str = "https://api.dhan.co/v2"
+
+    @field_validator("rest_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
 
     @field_validator("url")
     @classmethod
@@ -136,7 +145,7 @@ class RedisSettings(_Section):
     # auto: mirror when Redis is reachable, say so once when it is not and keep retrying
     # quietly with backoff; true: required (startup fails without it); false: no mirror.
     enabled: Literal["auto"] | bool = "auto"
-    flush_interval_s: float = Field(0.05, gt=0)  # how often changed legs are written
+    flush_interval_s: float = Field(0.025, gt=0)  # how often changed legs are written (freshness p99 < 50 ms)
     # Entries kept in the livechain:changes stream (approximate trim): one entry per changed
     # chain per flush, each about 450 bytes per changed leg.
     stream_maxlen: int = Field(10_000, ge=100)
@@ -152,6 +161,30 @@ class RedisSettings(_Section):
         if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+
+class AnalyticsSettings(_Section):
+    """Option analytics (IV, greeks, PCR, max pain…) and Dhan's REST chain; see README "Option analytics"."""
+
+    enabled: bool = True
+    rate: float = Field(0.065, ge=-0.5, le=1.0)  # annual, continuously compounded (≈ India's 91-day T-bill)
+    # How the forward is found: put-call parity near the money (falling back to the spot
+    # carried at the rate), or always the spot carried at the rate.
+    forward: Literal["parity", "spot"] = "parity"
+    parity_strikes: int = Field(3, ge=1, le=25)  # strikes whose implied forwards are medianed
+    # A chain that changed gets new analytics at most this often (each pass covers every leg,
+    # and its result is written to Redis whole: see README for the cost).
+    interval_s: float = Field(0.5, ge=0.01)
+    # Dhan's REST option chain: auto = on with feed.kind = dhan; true also seeds from the
+    # embedded simulator's REST endpoints.
+    seed: Literal["auto"] | bool = "auto"
+    reconcile_s: float = Field(300.0, ge=3.0)  # fetch the REST chains again this often
+    # Dhan allows one request per unique (underlying, expiry) every 3 s (reference §6.4).
+    rest_min_interval_s: float = Field(3.0, ge=0)
+    rest_timeout_s: float = Field(10.0, gt=0)
+    rest_max_attempts: int = Field(4, ge=1, le=10)  # per request, then the request is given up
+    rest_backoff_initial_s: float = Field(1.0, gt=0)  # exponential, full jitter, capped
+    rest_backoff_max_s: float = Field(30.0, gt=0)
 
 
 class LoggingSettings(_Section):
@@ -187,6 +220,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @classmethod
     def settings_customise_sources(

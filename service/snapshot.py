@@ -7,6 +7,8 @@ so a render costs one ``orjson.dumps`` of the chain's frame plus the changed leg
 ``chain_snapshot`` is the one serialiser of a body: the primary renders its cache through it
 and a read replica renders what it loaded from Redis (the same leg bytes, see
 ``service.mirror``) through it, so equal state gives equal bytes and equal ETags, on any process.
+The chain's analytics (``service.analytics``) are one more input, computed on the primary and
+carried to replicas through Redis, never recomputed by a reader: they depend on the time.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from dataclasses import dataclass
 import orjson
 
 from feeds.model import IST
+from service.analytics import NULL_HEAD, NULL_LEG_SUFFIX, ChainAnalytics
 from service.cache import Chain, Leg
 
 _fromtimestamp = dt.datetime.fromtimestamp
-_dumps = orjson.dumps
 _F = orjson.Fragment
+
+
+def _dumps(obj: object) -> bytes:
+    """``orjson.dumps``, copied into an exactly sized object: orjson's own result keeps its
+    whole growth buffer (~4 KB for a 400-byte leg), and we keep one per leg for the day."""
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +74,27 @@ def leg_json(leg: Leg) -> bytes:
                 "ask_qty": leg.ask_qty,
                 "updated_at": ist(leg.updated_at),
                 "stale": leg.stale,
+                # Derived from the leg alone, so they change with it (not on the analytics cadence).
+                "oi_change": None if leg.oi is None or leg.prev_oi is None else leg.oi - leg.prev_oi,
+                "change": None if leg.ltp is None or leg.prev_close is None else round(leg.ltp - leg.prev_close, 4),
+                "change_pct": _change_pct(leg.ltp, leg.prev_close),
+                "two_sided": leg.bid is not None and leg.ask is not None,
             }
         )
     return doc
 
 
-Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON
+def _change_pct(ltp: float | None, prev_close: float | None) -> float | None:
+    if ltp is None or prev_close is None or prev_close <= 0:
+        return None
+    return round(100.0 * (ltp - prev_close) / prev_close, 2)
+
+
+def _null_suffix(strike: float, side: str) -> bytes:
+    return NULL_LEG_SUFFIX
+
+
+Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON (as leg_json)
 
 
 def chain_snapshot(
@@ -84,8 +107,16 @@ def chain_snapshot(
     version: int,
     stale: bool,
     rows: Iterable[Row],
+    analytics: ChainAnalytics | None = None,
 ) -> ChainSnapshot:
-    """Serialise one chain's body and tag it: the only place a body is built."""
+    """Serialise one chain's body and tag it: the only place a body is built.
+
+    Each leg's object is its base JSON (``leg_json``) with the chain's per-leg analytics
+    appended (``"iv"`` … ``"iv_source"``, null where there are none): spliced as bytes, so the
+    base JSON is encoded once per leg change and the analytics once per analytics pass.
+    """
+    head = NULL_HEAD if analytics is None else analytics.head
+    suffix = _null_suffix if analytics is None else analytics.leg_suffix
     body = _dumps(
         {
             "underlying": underlying,
@@ -95,8 +126,13 @@ def chain_snapshot(
             "as_of": ist(updated_at),
             "version": version,
             "stale": stale,
+            **head,
             "strikes": [
-                {"strike": strike, "ce": None if ce is None else _F(ce), "pe": None if pe is None else _F(pe)}
+                {
+                    "strike": strike,
+                    "ce": None if ce is None else _F(ce[:-1] + suffix(strike, "CE")),
+                    "pe": None if pe is None else _F(pe[:-1] + suffix(strike, "PE")),
+                }
                 for strike, ce, pe in rows
             ],
         }
@@ -122,6 +158,7 @@ def render(chain: Chain, stale: bool) -> ChainSnapshot:
             (strike, None if ce is None else leg_json(ce), None if pe is None else leg_json(pe))
             for strike, ce, pe in chain.rows
         ],
+        analytics=chain.analytics,
     )
     chain.rendered = snap
     return snap

@@ -80,7 +80,7 @@ async def test_readiness_timeout_exits_3_naming_the_missing(sim: SimulatorServer
     sim.withhold(sorted(sim.universe.contracts)[:2])
     proc = await _spawn(
         _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
             LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_READINESS__TIMEOUT_S="1",
             LIVECHAIN_HTTP__PORT=str(free_port()), DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-secret-token",
         )
@@ -115,7 +115,7 @@ async def test_sigterm_sends_dhan_disconnect_before_closing(sim: SimulatorServer
     """On SIGTERM the client sends {"RequestCode": 12}, closes, and the process exits 0."""
     proc = await _spawn(
         _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
             LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
             DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
         )
@@ -141,7 +141,7 @@ async def test_fatal_broker_refusal_exits_4(sim: SimulatorServer) -> None:
     """A code-50 808 after startup stops the process with exit 4, naming the reason."""
     proc = await _spawn(
         _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url,
+            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
             LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
             DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
         )

@@ -18,6 +18,12 @@ from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 LEG_FIELDS = {
     "security_id", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low",
     "close", "bid", "bid_qty", "ask", "ask_qty", "updated_at", "stale",
+    "oi_change", "change", "change_pct", "two_sided",  # derived from the leg
+    "iv", "delta", "gamma", "theta", "vega", "iv_source",  # the chain's analytics (service.analytics)
+}
+CHAIN_ANALYTICS_FIELDS = {
+    "forward", "forward_source", "atm_strike", "atm_straddle", "pcr_oi", "pcr_volume", "max_pain", "years_to_expiry",
+    "analytics_as_of",
 }
 
 
@@ -57,7 +63,12 @@ async def test_live_chain_contract(client: TestClient, cache: ChainCache) -> Non
     assert resp.status == 200
     assert resp.headers["ETag"].startswith('"')
     body = await resp.json()
-    assert set(body) >= {"underlying", "expiry", "underlying_ltp", "lot_size", "as_of", "version", "stale", "strikes"}
+    assert set(body) == {
+        "underlying", "expiry", "underlying_ltp", "lot_size", "as_of", "version", "stale", "strikes",
+        *CHAIN_ANALYTICS_FIELDS,
+    }
+    # No analytics pass has run on this cache: every analytic is null, never 0 or a guess.
+    assert all(body[name] is None for name in CHAIN_ANALYTICS_FIELDS)
     assert body["underlying"] == "NIFTY" and body["expiry"] == _expiries(cache)[1].isoformat()
     assert body["underlying_ltp"] == 24000.05 and body["lot_size"] == 75
     assert isinstance(body["version"], int) and body["stale"] is False
@@ -70,6 +81,9 @@ async def test_live_chain_contract(client: TestClient, cache: ChainCache) -> Non
             assert row[side]["ltt"].endswith("+05:30") and row[side]["updated_at"].endswith("+05:30")
     ce = body["strikes"][0]["ce"]
     assert (ce["bid"], ce["bid_qty"], ce["ask"], ce["ask_qty"], ce["prev_close"]) == (101.45, 150, 101.55, 225, 95.0)
+    # Versus the previous session: OI 30000 vs 28000, LTP 101.5 vs 95.0.
+    assert (ce["oi_change"], ce["change"], ce["change_pct"], ce["two_sided"]) == (2000, 6.5, 6.84, True)
+    assert [ce[k] for k in ("iv", "delta", "gamma", "theta", "vega", "iv_source")] == [None] * 6
 
 
 async def test_expiry_defaults_to_nearest(client: TestClient, cache: ChainCache) -> None:

@@ -78,6 +78,8 @@ async def frozen(svc: RunningService) -> None:
     sim.pause()
     await until(lambda: sim.idle and sum(c.stats.frames for c in svc.feed.connections) == sim.stats.frames_sent)
     await asyncio.sleep(0)
+    if svc.analytics is not None:
+        svc.analytics.run_once()  # the last analytics pass now, not at the runner's next tick
     await until(lambda: svc.mirror.stats.connected and svc.mirror.pending == 0)
 
 

@@ -34,8 +34,11 @@ def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
         "redis": {"enabled": False},  # hermetic: never a developer's Redis; tests/test_mirror.py starts its own
     }
     if sim is not None:
-        base["feed"].update(kind="dhan", url=sim.feed_url)
+        base["feed"].update(kind="dhan", url=sim.feed_url, rest_url=sim.rest_url)
         base["instruments"] = {"source": sim.scrip_master_url}
+        # Seeding from the REST chain (on by default with kind=dhan) would fill in withheld legs;
+        # tests/test_analytics_service.py turns it on where that is the point.
+        base["analytics"] = {"seed": False}
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return Settings(**base)

@@ -8,6 +8,19 @@ here is the order of a full run.
 from __future__ import annotations
 
 from bench.model import Scenario
-from bench.scenarios import decode, metrics, mirror, recovery
+from bench.scenarios import analytics, decode, freshness, ingest, metrics, mirror, recovery, scale, serve
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (decode.SCENARIO, recovery.SCENARIO, metrics.SCENARIO, mirror.SCENARIO)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        decode.SCENARIO,
+        ingest.SCENARIO,
+        serve.SCENARIO,
+        freshness.SCENARIO,
+        scale.SCENARIO,
+        mirror.SCENARIO,
+        recovery.SCENARIO,
+        metrics.SCENARIO,
+        analytics.SCENARIO,
+    )
+}

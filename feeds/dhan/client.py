@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
+import aiohttp
+from yarl import URL
 
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
@@ -61,6 +61,9 @@ from feeds.source import ConnectionDown, ConnectionUp, FeedSink, ServerDisconnec
 from feeds.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
+
+_BINARY = aiohttp.WSMsgType.BINARY
+_TEXT = aiohttp.WSMsgType.TEXT
 
 # Reasons a reconnect cannot cure: the plan, the client id or the token must change first.
 FATAL_REASONS = frozenset(
@@ -196,6 +199,7 @@ class DhanFeed:
         self.connections = [_Connection(i, group, self) for i, group in enumerate(shard(list(subscriptions)))]
         self._group: asyncio.TaskGroup | None = None
         self._sink: FeedSink | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     @property
     def instruments(self) -> frozenset[InstrumentKey]:
@@ -215,9 +219,18 @@ class DhanFeed:
         )
         return f"{self.config.url.rstrip('/')}?{query}"
 
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP session every connection's WebSocket is opened from (one per run)."""
+        if self._http is None:
+            raise RuntimeError("DhanFeed.run() is not running")
+        return self._http
+
     async def run(self, sink: FeedSink) -> None:
         """Run every connection until cancelled; a FatalFeedError from any one stops them all."""
         self._sink = sink
+        # aiohttp's WebSocket client, not the websockets library: per frame it costs a third
+        # as much (perf-notes; bench "ingest"), and one session serves all five sockets.
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.config.open_timeout_s))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -232,6 +245,8 @@ class DhanFeed:
             raise (fatal or list(errors))[0] from None
         finally:
             self._group = None
+            await self._http.close()
+            self._http = None
 
     async def update_subscriptions(self, subscriptions: Sequence[Subscription]) -> tuple[int, int]:
         """Move to a new subscription set with unsubscribe/subscribe messages on live sockets.
@@ -277,7 +292,7 @@ class _Connection:
         self._pending: list[Tick] = []
         self._flush_scheduled = False
         self._sink: FeedSink | None = None
-        self._ws: ClientConnection | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stall: str | None = None
         self._decode_log = LogThrottle(log)
 
@@ -312,8 +327,8 @@ class _Connection:
             return
         try:
             for message in messages:
-                await ws.send(message)
-        except websockets.ConnectionClosed:
+                await ws.send_str(message)
+        except (ConnectionError, aiohttp.ClientError):
             log.info("feed connection %d closed while changing subscriptions; the reconnect resends them", self.index)
 
     async def run(self, sink: FeedSink) -> None:
@@ -368,25 +383,23 @@ class _Connection:
     async def _session(self, sink: FeedSink, token: str) -> None:
         cfg = self._feed.config
         try:
-            ws = await connect(
-                self._feed.url(token),
-                open_timeout=cfg.open_timeout_s,
-                ping_interval=cfg.ping_interval_s,
-                ping_timeout=cfg.ping_timeout_s,
-                close_timeout=cfg.close_timeout_s,
-                compression=None,
-                max_size=2**20,
+            ws = await self._feed.http().ws_connect(
+                URL(self._feed.url(token), encoded=True),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=cfg.close_timeout_s),
+                # Our own pings; Dhan's (every 10 s) are answered automatically (autoping).
+                heartbeat=cfg.ping_interval_s,
+                compress=0,
+                max_msg_size=2**20,
             )
-        except websockets.InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 429:
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 429:
                 raise RateLimited(
                     f"handshake refused with HTTP 429 (too many requests); cooling off {cfg.rate_limit_cooloff_s:g}s",
                     retry_after_s=cfg.rate_limit_cooloff_s,
                 ) from None
-            raise FeedConnectionError(f"handshake refused with HTTP {status}") from None
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            # str(exc) of some websockets errors quotes the URL, which holds the token.
+            raise FeedConnectionError(f"handshake refused with HTTP {exc.status}") from None
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            # str(exc) of some aiohttp errors quotes the URL, which holds the token.
             raise FeedConnectionError(f"connect failed: {type(exc).__name__}") from None
         self._ws = ws
         self._stall = None
@@ -394,12 +407,12 @@ class _Connection:
         try:
             try:
                 for message in self._messages(list(self.subscriptions.values()), subscribe=True):
-                    await ws.send(message)
-            except websockets.ConnectionClosed:
+                    await ws.send_str(message)
+            except (ConnectionError, aiohttp.ClientError):
                 # Dhan says why it hangs up in a code-50 packet sent before the close: read
                 # what is buffered before reporting the close itself.
                 await self._receive(ws, sink)
-                raise
+                raise self._closed(ws) from None
             self.stats.connects += 1
             reconnect = self.stats.connects > 1
             self.stats.reconnects += int(reconnect)
@@ -411,22 +424,22 @@ class _Connection:
             )
             sink.on_event(ConnectionUp(self.index, self.keys, reconnect))
             await self._receive(ws, sink)
-            if self._stall:
-                raise DataStall(self._stall)
-        except websockets.ConnectionClosed as exc:
-            if self._stall:
-                raise DataStall(self._stall) from None
-            code = exc.rcvd.code if exc.rcvd else 1006
-            raise FeedConnectionError(f"connection closed (code {code})") from None
+            raise self._closed(ws)
         except asyncio.CancelledError:
             await self._close(ws, send_disconnect=True)
             raise
         finally:
             watchdog.cancel()
-            if ws.state is not websockets.State.CLOSED:
+            if not ws.closed:
                 await self._close(ws, send_disconnect=False)
 
-    async def _watch(self, ws: ClientConnection) -> None:
+    def _closed(self, ws: aiohttp.ClientWebSocketResponse) -> FeedConnectionError:
+        """Why the socket ended: our watchdog, or the peer (with its close code, 1006 if none)."""
+        if self._stall:
+            return DataStall(self._stall)
+        return FeedConnectionError(f"connection closed (code {ws.close_code or 1006})")
+
+    async def _watch(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Close a socket that stays open but silent while the market is open."""
         cfg = self._feed.config
         opened = time.time()
@@ -441,16 +454,17 @@ class _Connection:
                 await self._close(ws, send_disconnect=False)
                 return
 
-    async def _close(self, ws: ClientConnection, *, send_disconnect: bool) -> None:
+    async def _close(self, ws: aiohttp.ClientWebSocketResponse, *, send_disconnect: bool) -> None:
         try:
             async with asyncio.timeout(self._feed.config.close_timeout_s):
-                if send_disconnect:
-                    await ws.send(disconnect_message())
+                if send_disconnect and not ws.closed:
+                    await ws.send_str(disconnect_message())
                 await ws.close()
-        except (TimeoutError, websockets.WebSocketException, OSError) as exc:
+        except (TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
             log.info("feed connection %d did not close cleanly: %s", self.index, type(exc).__name__)
 
-    async def _receive(self, ws: ClientConnection, sink: FeedSink) -> None:
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse, sink: FeedSink) -> None:
+        """Decode every frame until the socket closes (returns) or a code-50 packet ends it (raises)."""
         stats = self.stats
         normalize = self._feed._normalizer
         tap = self._feed.tap
@@ -459,13 +473,20 @@ class _Connection:
         packets: list[Packet] = []
         errors: list[DecodeError] = []
         by_type = stats.packets_by_type
-        async for frame in ws:
+        receive = ws.receive
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is not _BINARY:
+                if kind is _TEXT:
+                    stats.frames += 1
+                    stats.text_frames += 1
+                    continue
+                return  # CLOSE, CLOSING, CLOSED or ERROR: the caller says why
+            frame = msg.data
             now = time.time()
             stats.frames += 1
             stats.last_frame_at = now
-            if type(frame) is str:
-                stats.text_frames += 1
-                continue
             if tap is not None:
                 tap(self.index, now, frame)
             stats.bytes += len(frame)

@@ -45,6 +45,11 @@ class SimulatorConfig:
     # None disables the check.
     max_connections: int | None = 5
 
+    # --- option-chain REST endpoints (feeds.simulator.rest)
+    rest_min_interval_s: float = 3.0  # per unique request, like Dhan (reference §6.4)
+    rest_rate_limit_status: int = 429  # HTTP status of an 805 answer (Dhan's is unverified: 200/400/429/500 seen)
+    rest_v25: bool = True  # the API v2.5 shape (average_price, security_id); False: the older 12-key one
+
     # --- credentials: None accepts any non-empty value
     expected_token: str | None = None
     expected_client_id: str | None = None
@@ -68,6 +73,10 @@ class SimulatorConfig:
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         _non_negative_int("trades_per_step", self.trades_per_step)
+        if not (isinstance(self.rest_min_interval_s, (int, float)) and self.rest_min_interval_s >= 0):
+            raise ValueError(f"rest_min_interval_s must be >= 0, got {self.rest_min_interval_s!r}")
+        if self.rest_rate_limit_status not in (200, 400, 429, 500):
+            raise ValueError(f"rest_rate_limit_status must be 200, 400, 429 or 500, got {self.rest_rate_limit_status!r}")
         _positive_int("max_packets_per_frame", self.max_packets_per_frame)
         _positive_int("send_queue_frames", self.send_queue_frames)
         _positive_int("max_instruments_per_connection", self.max_instruments_per_connection)

@@ -44,6 +44,7 @@ from feeds.dhan.packets import (
     ResponseCode,
     TickerPacket,
 )
+from feeds.dhan.option_chain import Greeks, OptionQuote
 from feeds.model import IST, InstrumentKey, OptionContract, OptionType
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.universe import INDEX_TICK, OPTION_TICK, Universe
@@ -141,6 +142,7 @@ class Market:
         self._spot: dict[str, float] = {}
         self._index_of: dict[str, InstrumentKey] = {}
         self._models: dict[InstrumentKey, _OptionModel] = {}
+        self._prev_volume: dict[InstrumentKey, int] = {}  # the REST chain's previous_volume
         # What packet() last rendered, per instrument and response code. The server renders
         # only packets it sends, so this is "what the simulator last sent".
         self.last_sent: dict[InstrumentKey, dict[int, Packet]] = {}
@@ -183,6 +185,7 @@ class Market:
             prev = self._ticks(self._fair(model, prev_spot[spec.symbol], now - 86_400))
             lot = contract.lot_size
             volume = lot * int(weight * 200_000 * rng.random() + 1)
+            self._prev_volume[key] = volume  # yesterday looked like this morning: no extra randomness
             oi = lot * int(weight * 80_000 * (0.5 + rng.random()) + 10)
             prev_oi = max(lot, lot * round(oi / lot * (1 + rng.gauss(0.0, 0.05))))
             state = _State(
@@ -205,13 +208,60 @@ class Market:
         """The underlying's current (unrounded) value."""
         return self._spot[symbol]
 
-    def _fair(self, model: _OptionModel, spot: float, now: float) -> float:
+    def _smile(self, model: _OptionModel, spot: float, now: float) -> tuple[float, float]:
+        """(years to expiry, the smile's IV) of an option at ``spot`` and ``now``."""
         config = self.config
         years = max(_MIN_T, (model.expires_at - now) / CALENDAR_YEAR_S)
         forward = spot * math.exp(config.rate * years)
         m = math.log(model.contract.strike / forward)
-        iv = max(_MIN_IV, config.atm_iv + config.iv_skew * m + config.iv_curvature * m * m)
-        return black_scholes(spot, model.contract.strike, years, iv, config.rate, model.call)
+        return years, max(_MIN_IV, config.atm_iv + config.iv_skew * m + config.iv_curvature * m * m)
+
+    def _fair(self, model: _OptionModel, spot: float, now: float) -> float:
+        years, iv = self._smile(model, spot, now)
+        return black_scholes(spot, model.contract.strike, years, iv, self.config.rate, model.call)
+
+    def model_iv(self, key: InstrumentKey) -> float:
+        """The volatility (a fraction) the option is priced with at the current spot and clock."""
+        model = self._models[key]
+        return self._smile(model, self._spot[model.contract.underlying], self._clock())[1]
+
+    def option_quote(self, key: InstrumentKey) -> OptionQuote:
+        """What Dhan's REST option chain says about an option now (reference §6.3): its state,
+        and IV and greeks from our model as Dhan publishes them (Black-Scholes on the spot:
+        delta ∂V/∂S, theta per day, vega per 1 % of IV)."""
+        s = self._state[key]
+        model = self._models[key]
+        strike, spot = model.contract.strike, self._spot[model.contract.underlying]
+        years, iv = self._smile(model, spot, self._clock())
+        rate = self.config.rate
+        root = math.sqrt(years)
+        d1 = (math.log(spot / strike) + (rate + 0.5 * iv * iv) * years) / (iv * root)
+        d2 = d1 - iv * root
+        pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi)
+        carry = rate * strike * math.exp(-rate * years)
+        if model.call:
+            delta, theta = _norm_cdf(d1), -spot * pdf * iv / (2 * root) - carry * _norm_cdf(d2)
+        else:
+            delta, theta = _norm_cdf(d1) - 1.0, -spot * pdf * iv / (2 * root) + carry * _norm_cdf(-d2)
+        greeks = Greeks(round(delta, 5), round(theta / 365, 5), round(pdf / (spot * iv * root), 5),
+                        round(spot * pdf * root / 100, 5))  # fmt: skip
+
+        def rupees(ticks: int) -> float | None:  # REST prices are clean decimals, not float32
+            return round(ticks * s.tick, 2) if ticks > 0 else None
+
+        d = s.depth
+        return OptionQuote(
+            last_price=rupees(s.ltp), oi=s.oi, previous_close=rupees(s.prev_close), previous_oi=s.prev_oi,
+            previous_volume=self._prev_volume[key], volume=s.volume, implied_volatility=round(iv * 100, 3),
+            greeks=greeks, bid=round(d[4], 2) if d[4] else None, bid_qty=int(d[0]) if d[4] else 0,
+            ask=round(d[5], 2) if d[5] else None, ask_qty=int(d[1]) if d[5] else 0,
+            average_price=round(s.turnover / s.volume, 2) if s.volume else None, security_id=key[1],
+        )  # fmt: skip
+
+    def index_price(self, symbol: str) -> float:
+        """The underlying's printed value as Dhan's REST chain sends it (float32-widened, §6.3)."""
+        state = self._state[self._index_of[symbol]]
+        return f32(round(state.ltp * state.tick, 2))
 
     def theoretical_price(self, key: InstrumentKey) -> float:
         """The model value of an option at the current spot and clock (not rounded)."""

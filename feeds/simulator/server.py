@@ -6,6 +6,8 @@ One aiohttp application serves both things a Dhan client fetches:
   Client text frames are parsed with ``feeds.dhan.requests.parse_request``; binary packets
   are built with ``feeds.dhan.codec.encode``, the same encoder the tests decode against.
 * ``GET /api-data/api-scrip-master-detailed.csv`` — the instrument master for the universe.
+* ``POST /v2/optionchain/expirylist`` and ``POST /v2/optionchain`` — Dhan's option-chain REST
+  API over the same market (``feeds.simulator.rest``).
 
 Behaviour copied from Dhan: a ping every 10 s; a code-50 packet before a server-side close
 (804 over a limit, 805 too many sockets, 809/810 bad credentials — sent after accepting the
@@ -51,6 +53,7 @@ from feeds.model import IST, InstrumentKey
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.faults import Fault, run_faults
 from feeds.simulator.market import Market
+from feeds.simulator.rest import OptionChainApi
 from feeds.simulator.scrip_master import generate_scrip_master
 from feeds.simulator.universe import Universe, build_universe
 
@@ -163,6 +166,7 @@ class SimulatorServer:
         today = config.today or dt.datetime.fromtimestamp(clock(), IST).date()
         self.universe: Universe = build_universe(config, today)
         self.market = Market(self.universe, config, clock)
+        self.rest = OptionChainApi(self.universe, self.market, config)
         self._scrip_master = generate_scrip_master(self.universe).encode()
         self._connections: dict[int, _Connection] = {}  # insertion order = oldest first
         self._subscribers: dict[FeedMode, dict[InstrumentKey, set[_Connection]]] = {m: {} for m in FeedMode}
@@ -189,6 +193,11 @@ class SimulatorServer:
     @property
     def scrip_master_url(self) -> str:
         return f"http://{self._netloc()}{SCRIP_MASTER_PATH}"
+
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the REST API, as ``https://api.dhan.co/v2`` is Dhan's."""
+        return f"http://{self._netloc()}/v2"
 
     def _netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -217,6 +226,7 @@ class SimulatorServer:
         app = web.Application()
         app.router.add_get("/", self._handle_feed)
         app.router.add_get(SCRIP_MASTER_PATH, self._handle_scrip_master)
+        app.router.add_routes(self.rest.routes())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CLOSE_WAIT_S)
         await runner.setup()
         try:

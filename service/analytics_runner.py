@@ -1,0 +1,112 @@
+"""When analytics are computed: every ``analytics.interval_s``, for the chains that changed.
+
+Analytics depend on every leg of a chain and on the time, so they are never computed per tick
+(``ChainCache.apply`` stays as cheap as it was): a pass runs on the event loop, between
+batches, over each chain whose version moved since its last analytics, and hands the result
+to the cache's owner method ``set_analytics`` (which gives the chain a new version, so the
+next render and the next mirror flush carry it). A quiet chain keeps its analytics and their
+``analytics_as_of``.
+
+The cost of every chain's pass is kept (plain numbers, read at scrape time by
+``service.metrics``), so the price of analytics per chain is visible in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from feeds.throttle import LogThrottle
+from service.analytics import AnalyticsParams, analyse
+from service.cache import Chain, ChainCache
+from service.settings import AnalyticsSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AnalyticsStats:
+    passes: int = 0  # chains computed
+    seconds_total: float = 0.0  # time spent computing them
+    errors: int = 0
+    last_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # (underlying, expiry) → last pass
+
+
+def params_of(settings: AnalyticsSettings) -> AnalyticsParams:
+    return AnalyticsParams(rate=settings.rate, forward=settings.forward, parity_strikes=settings.parity_strikes)
+
+
+class AnalyticsRunner:
+    """Computes the analytics of changed chains from its own task; enter it as an async context manager."""
+
+    def __init__(
+        self, cache: ChainCache, settings: AnalyticsSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._cache = cache
+        self._interval_s = settings.interval_s
+        self._params = params_of(settings)
+        self._clock = clock
+        self._seen: dict[Chain, int] = {}  # chain → its version right after its analytics were installed
+        self._task: asyncio.Task[None] | None = None
+        self._errors = LogThrottle(log, level=logging.ERROR)
+        self.stats = AnalyticsStats()
+
+    def run_once(self) -> int:
+        """One pass: analyse every chain that changed since its last analytics. Returns how many."""
+        cache = self._cache
+        seen = self._seen
+        now = self._clock()
+        done = 0
+        current = list(cache.chains.values())
+        for chain in current:
+            if seen.get(chain) == chain.version:
+                continue
+            started = time.perf_counter()
+            try:
+                result = analyse(chain, now, self._params)
+            except Exception as exc:  # a bug: keep serving (without fresh analytics), say so loudly
+                self.stats.errors += 1
+                if self.stats.errors == 1:
+                    log.exception("analytics of %s %s failed; the chain keeps its last analytics", chain.underlying,
+                                  chain.expiry)  # fmt: skip
+                else:
+                    self._errors("analytics of %s %s failed: %r", chain.underlying, chain.expiry, exc)
+                seen[chain] = chain.version  # not again until the chain changes
+                continue
+            elapsed = time.perf_counter() - started
+            cache.set_analytics(chain, result)
+            seen[chain] = chain.version
+            stats = self.stats
+            stats.passes += 1
+            stats.seconds_total += elapsed
+            stats.last_seconds[(chain.underlying, chain.expiry.isoformat())] = elapsed
+            done += 1
+        if len(seen) > len(current):  # chains the expiry roll removed
+            alive = set(current)
+            self._seen = {c: v for c, v in seen.items() if c in alive}
+            self.stats.last_seconds = {
+                k: v for k, v in self.stats.last_seconds.items() if any(
+                    (c.underlying, c.expiry.isoformat()) == k for c in current
+                )
+            }  # fmt: skip
+        return done
+
+    async def __aenter__(self) -> AnalyticsRunner:
+        self._task = asyncio.create_task(self._run(), name="analytics")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _run(self) -> None:
+        while True:
+            self.run_once()
+            await asyncio.sleep(self._interval_s)
