@@ -35,9 +35,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from operator import attrgetter
 from types import SimpleNamespace
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,7 @@ NULL_HEAD: dict[str, Any] = dict.fromkeys(CHAIN_FIELDS)
 class ChainAnalytics:
     """One chain's analytics as of ``computed_at``; immutable once built."""
 
-    __slots__ = ("computed_at", "chain", "legs", "head", "_suffixes", "_json")
+    __slots__ = ("_json", "_suffixes", "chain", "computed_at", "head", "legs")
 
     def __init__(self, computed_at: float, chain: Mapping[str, Any], legs: Mapping[LegKey, LegValues]) -> None:
         """``chain``: the chain-level values by name (``CHAIN_FIELDS`` but ``analytics_as_of``);
@@ -139,13 +139,14 @@ class ChainAnalytics:
         """The Redis form: ``{"computed_at", "chain": {...}, "legs": {"25850.0:CE": [iv, …, iv_source]}}``."""
         raw = self._json
         if raw is None:
-            raw = self._json = orjson.dumps(
+            doc = orjson.dumps(
                 {
                     "computed_at": self.computed_at,
                     "chain": self.chain,
                     "legs": {f"{strike!r}:{side}": list(values) for (strike, side), values in self.legs.items()},
                 }
             )
+            raw = self._json = bytes(memoryview(doc))  # exactly sized: orjson's result keeps its growth buffer
         return raw
 
     @classmethod

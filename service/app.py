@@ -43,6 +43,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 10.0  # what a cancelled task gets to finish its cleanup at shutdown
+
 
 @dataclass
 class RunningService:
@@ -189,9 +191,11 @@ async def _start_seeder(
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    """Stop ``task`` and wait for it; an error it ended with has already been raised elsewhere."""
+    """Stop ``task`` and wait (bounded) for it; an error it ended with was raised elsewhere."""
     task.cancel()
-    await asyncio.wait([task])
+    _, stuck = await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
+    if stuck:
+        log.error("%s did not stop within %gs of being cancelled", task.get_name(), STOP_TIMEOUT_S)
 
 
 @contextlib.asynccontextmanager

@@ -28,7 +28,7 @@ from types import TracebackType
 
 from service.cache import Chain, ChainCache, Leg
 from service.errors import RedisUnavailable
-from service.redis_client import REDIS_ERRORS, Backoff, describe, make_client, masked_url
+from service.redis_client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
 from service.redis_layout import (
     ANALYTICS_FIELD,
     CATALOG_KEY,
@@ -192,7 +192,7 @@ class RedisMirror:
             if not done:
                 task.cancel()
                 await asyncio.wait([task])
-        await self._client.aclose()
+        await close_client(self._client, self._settings.timeout_s, "Redis mirror")
         if task is not None and exc_type is None and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]  # a bug in the mirror: already logged, now fatal
 

@@ -8,6 +8,8 @@ behind silent retries. The URL may carry a password: only ``masked_url`` is ever
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -19,6 +21,8 @@ from service.settings import RedisSettings
 
 # What an unreachable, restarting or misbehaving Redis raises through redis.asyncio
 # (builtin TimeoutError and ConnectionError are both OSErrors).
+log = logging.getLogger(__name__)
+
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 
@@ -64,3 +68,12 @@ class Backoff:
     def delay(self, failures: int) -> float:
         # The exponent is capped so that a days-long outage cannot overflow 2**n into a float.
         return self._policy.compute(min(failures, 32))
+
+
+async def close_client(client: Redis, timeout_s: float, what: str) -> None:
+    """Close ``client`` within ``timeout_s``: shutdown must not wait on a peer that is gone."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.aclose()
+    except (TimeoutError, *REDIS_ERRORS) as exc:
+        log.warning("%s: Redis connection not closed cleanly (%s)", what, type(exc).__name__)

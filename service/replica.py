@@ -31,7 +31,7 @@ from service.chains import ExpiryInfo, UnderlyingInfo
 from service.errors import ReadinessTimeout
 from service.http import HttpContext, make_app
 from service.lifecycle import Lifecycle, Phase
-from service.redis_client import REDIS_ERRORS, Backoff, describe, make_client, masked_url
+from service.redis_client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
 from service.redis_layout import (
     CATALOG_KEY,
     STREAM_KEY,
@@ -260,10 +260,13 @@ class ReplicaFollower:
     ) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.wait([self._task])
-        await self._client.aclose()
-        if self._task is not None and exc_type is None and not self._task.cancelled() and self._task.exception():
-            raise self._task.exception()  # type: ignore[misc]
+            _, stuck = await asyncio.wait([self._task], timeout=self._settings.timeout_s)
+            if stuck:
+                log.warning("replica follower did not stop within %gs", self._settings.timeout_s)
+        await close_client(self._client, self._settings.timeout_s, "replica")
+        task = self._task
+        if task is not None and exc_type is None and task.done() and not task.cancelled() and task.exception():
+            raise task.exception()  # type: ignore[misc]
 
     def serve(self) -> None:
         """The port is open: from now on readiness follows the state of the load."""

@@ -17,7 +17,14 @@ from service.analytics import ChainAnalytics
 from service.app import running_service
 from service.redis_layout import STREAM_KEY, chain_id, meta_key
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.test_replica import assert_same_bytes, caught_up, frozen, get, primary_and_replica, until
+from tests.test_replica import (
+    assert_same_bytes,
+    caught_up,
+    frozen,
+    get,
+    primary_and_replica,
+    until,
+)
 from tests.test_service import SIM, settings_for
 
 LEG_ANALYTICS = ("iv", "delta", "gamma", "theta", "vega", "iv_source")

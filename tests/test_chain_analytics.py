@@ -29,7 +29,7 @@ from service.cache import Chain, ChainCache, LegSeed
 from service.greeks import black76
 from service.settings import AnalyticsSettings
 from service.snapshot import render
-from tests.conftest import NOW, full_tick, index_tick
+from tests.conftest import NOW, full_tick
 
 R = 0.065
 PARAMS = AnalyticsParams(rate=R)

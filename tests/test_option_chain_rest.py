@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -23,7 +24,12 @@ from feeds.dhan.option_chain import (
     parse_option_chain,
 )
 from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
-from feeds.errors import RestAuthError, RestRateLimited, RestRequestError, RestServerError
+from feeds.errors import (
+    RestAuthError,
+    RestRateLimited,
+    RestRequestError,
+    RestServerError,
+)
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.rest import EXPIRY_LIST_PATH, OPTION_CHAIN_PATH
 from feeds.simulator.server import SimulatorServer
@@ -144,7 +150,8 @@ async def sim() -> AsyncIterator[SimulatorServer]:
         underlyings=("NIFTY", "BANKNIFTY"), expiries=2, strikes_per_side=4, rest_min_interval_s=SERVER_INTERVAL_S,
         expected_token=TOKEN, expected_client_id=CLIENT_ID,
     )
-    async with SimulatorServer(config) as server:
+    frozen_at = time.time()  # a still clock too: the model's greeks move with the time to expiry
+    async with SimulatorServer(config, clock=lambda: frozen_at) as server:
         server.pause()  # a still market: what the API says can be compared with the market
         yield server
 

@@ -51,7 +51,7 @@ TARGET = 0.95
 
 
 def run(budget: Budget) -> list[Row]:
-    cache, chain = _chain()
+    _, chain = _chain()
     params = AnalyticsParams(rate=RATE)
     _check(chain, params)
     ours = Contestant("ours", lambda: (analyse(chain, NOW, params), 1)[1])

@@ -27,7 +27,13 @@ from typing import Any
 
 import orjson
 
-from feeds.errors import RestAuthError, RestError, RestRateLimited, RestRequestError, RestServerError
+from feeds.errors import (
+    RestAuthError,
+    RestError,
+    RestRateLimited,
+    RestRequestError,
+    RestServerError,
+)
 
 EXPIRY_LIST_PATH = "/optionchain/expirylist"
 OPTION_CHAIN_PATH = "/optionchain"
@@ -165,19 +171,19 @@ def parse_expiry_list(status: int, body: bytes, *, retry_after_s: float = 0.0) -
 
 def _price(value: Any) -> float | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
+        raise TypeError(f"not a number: {value!r}")
     return float(value) if value > 0 else None
 
 
 def _qty(value: Any) -> int:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"not a quantity: {value!r}")
+        raise TypeError(f"not a quantity: {value!r}")
     return int(value)
 
 
 def _num(value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
+        raise TypeError(f"not a number: {value!r}")
     return float(value) + 0.0  # -0 → 0.0
 
 

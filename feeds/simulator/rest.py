@@ -100,7 +100,7 @@ class OptionChainApi:
         try:
             doc = orjson.loads(await request.read())
             if not isinstance(doc, dict):
-                raise ValueError("not an object")
+                raise TypeError("not an object")
             key, body = answer(doc)
         except _Refused as exc:
             return self._reply(now, path, None, 400, encode_data_error(exc.code, exc.message))
