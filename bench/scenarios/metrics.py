@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
+
+import aiohttp
 
 from bench import corpus
 from bench.model import Budget, Row, Scenario
@@ -46,21 +48,25 @@ SCRAPE_INTERVAL_S = 15.0  # Prometheus' usual scrape interval, to put a scrape's
 
 
 class _Frames:
-    """An in-memory WebSocket: yields its frames, suspending after every ``burst`` of them."""
+    """An in-memory WebSocket with aiohttp's ``receive()``: returns its frames, suspending after
+    every ``burst`` of them, then a CLOSED message."""
 
     def __init__(self, frames: Sequence[bytes], burst: int) -> None:
-        self._frames = frames
+        self._messages = [aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, f, None) for f in frames]
         self._burst = burst
+        self._next = 0
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._read()
-
-    async def _read(self) -> AsyncIterator[bytes]:
-        frames, burst = self._frames, self._burst
-        for start in range(0, len(frames), burst):
-            for frame in frames[start : start + burst]:
-                yield frame
+    async def receive(self) -> aiohttp.WSMessage:
+        i = self._next
+        if i >= len(self._messages):
+            return _CLOSED
+        if i and i % self._burst == 0:
             await asyncio.sleep(0)  # the buffer is dry: the event loop runs (and flushes the batch)
+        self._next = i + 1
+        return self._messages[i]
+
+
+_CLOSED = aiohttp.WSMessage(aiohttp.WSMsgType.CLOSED, None, None)
 
 
 class _Pipeline:
