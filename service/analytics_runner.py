@@ -24,6 +24,7 @@ from feeds.throttle import LogThrottle
 from service.analytics import AnalyticsParams, analyse
 from service.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,7 @@ class AnalyticsRunner:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -13,23 +13,21 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
+from feeds.calendar import MarketCalendar
 from feeds.dhan.client import DhanFeed
 from feeds.dhan.instruments import load_scrip_master
+from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
 from feeds.errors import FatalFeedError, InstrumentMasterError
 from feeds.model import ChainSkeleton
 from feeds.replay import Recorder, ReplayServer
 from feeds.simulator.server import SimulatorServer
-from feeds.calendar import MarketCalendar
-from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
 from service.analytics_runner import AnalyticsRunner
 from service.cache import ChainCache
-from service.rest_seed import RestSeeder
-from service.roll import ExpiryRoller, live_skeleton
 from service.chains import CacheChains
 from service.endpoints import FeedEndpoint, build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
@@ -39,11 +37,13 @@ from service.ingest import Ingest
 from service.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics, metrics_server
 from service.mirror import MirrorStats, RedisMirror
+from service.rest_seed import RestSeeder
+from service.roll import ExpiryRoller, live_skeleton
 from service.settings import Settings
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 10.0  # what a cancelled task gets to finish its cleanup at shutdown
 
 
 @dataclass
@@ -190,14 +190,6 @@ async def _start_seeder(
     return await stack.enter_async_context(RestSeeder(cache, client, a.reconcile_s))
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Stop ``task`` and wait (bounded) for it; an error it ended with was raised elsewhere."""
-    task.cancel()
-    _, stuck = await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
-    if stuck:
-        log.error("%s did not stop within %gs of being cancelled", task.get_name(), STOP_TIMEOUT_S)
-
-
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     """Start everything; yield once the HTTP port is bound; tear down in reverse on exit."""
@@ -226,7 +218,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             metrics.attach_analytics(analytics, seeder)
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
-        stack.push_async_callback(_cancel, feed_task)
+        stack.push_async_callback(cancel_and_wait, feed_task)
         stack.callback(lifecycle.stopping)
         try:
             await _await_gate(settings, ingest, feed_task)
@@ -258,7 +250,7 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             reload=lambda: _load_master(settings, endpoint.scrip_master),
         )
         roll_task = asyncio.create_task(roller.run(), name="expiry-roll")
-        stack.push_async_callback(_cancel, roll_task)
+        stack.push_async_callback(cancel_and_wait, roll_task)
         yield RunningService(
             settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
             health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror, roller=roller,

@@ -27,6 +27,7 @@ from feeds.errors import RestAuthError, RestError
 from feeds.model import Segment
 from service.analytics import DhanGreeks
 from service.cache import Chain, ChainCache, LegSeed
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ class RestSeeder:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+        await cancel_and_wait(self._task)
         await self.client.__aexit__(exc_type, exc, tb)
 
     async def _run(self) -> None:

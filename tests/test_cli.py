@@ -28,6 +28,15 @@ def _env(**overrides: str) -> dict[str, str]:
     )
 
 
+def _dhan_env(sim: SimulatorServer, **overrides: str) -> dict[str, str]:
+    """A `feed.kind = dhan` run pointed at ``sim``, with credentials, on a free HTTP port."""
+    return _env(
+        LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
+        LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
+        **{"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "eyJ-token", **overrides},
+    )
+
+
 async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "run", env=env,
@@ -79,11 +88,7 @@ async def test_readiness_timeout_exits_3_naming_the_missing(sim: SimulatorServer
     """When coverage never comes the process exits 3 and says how many and which underlyings."""
     sim.withhold(sorted(sim.universe.contracts)[:2])
     proc = await _spawn(
-        _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
-            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_READINESS__TIMEOUT_S="1",
-            LIVECHAIN_HTTP__PORT=str(free_port()), DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-secret-token",
-        )
+        _dhan_env(sim, LIVECHAIN_READINESS__TIMEOUT_S="1", DHAN_ACCESS_TOKEN="eyJ-secret-token")
     )
     async with asyncio.timeout(3 * UNIT_S):
         err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
@@ -114,11 +119,7 @@ async def test_missing_credentials_exit_2() -> None:
 async def test_sigterm_sends_dhan_disconnect_before_closing(sim: SimulatorServer) -> None:
     """On SIGTERM the client sends {"RequestCode": 12}, closes, and the process exits 0."""
     proc = await _spawn(
-        _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
-            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
-            DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
-        )
+        _dhan_env(sim)
     )
     seen: list[str] = []
     try:
@@ -140,11 +141,7 @@ async def test_sigterm_sends_dhan_disconnect_before_closing(sim: SimulatorServer
 async def test_fatal_broker_refusal_exits_4(sim: SimulatorServer) -> None:
     """A code-50 808 after startup stops the process with exit 4, naming the reason."""
     proc = await _spawn(
-        _env(
-            LIVECHAIN_FEED__KIND="dhan", LIVECHAIN_FEED__URL=sim.feed_url, LIVECHAIN_FEED__REST_URL=sim.rest_url,
-            LIVECHAIN_INSTRUMENTS__SOURCE=sim.scrip_master_url, LIVECHAIN_HTTP__PORT=str(free_port()),
-            DHAN_CLIENT_ID="1000000001", DHAN_ACCESS_TOKEN="eyJ-token",
-        )
+        _dhan_env(sim)
     )
     seen: list[str] = []
     try:
