@@ -48,9 +48,8 @@ _MD_DEPTH_AT = 5
 # already the packet's fields: fewer Python-level copies per packet.
 _OI_BODY = struct.Struct("<3xBII")
 _PREV_CLOSE_BODY = struct.Struct("<3xBIfI")
-_FULL_BODY = struct.Struct("<3xBIfHIfIIIIIIffff")
-_DEPTH = struct.Struct("<" + "IIHHff" * DEPTH_LEVELS)
-_DEPTH_AT = _FULL_BODY.size
+# The whole Full packet in one unpack; its depth is the tail of the tuple, sliced off flat.
+_FULL_ALL = struct.Struct("<3xBIfHIfIIIIIIffff" + "IIHHff" * DEPTH_LEVELS)
 
 
 _DEPTH_LEN = DEPTH_LEVELS * DEPTH_FIELDS
@@ -66,7 +65,7 @@ def _ticker(data: bytes, off: int) -> TickerPacket:
 
 def _quote(data: bytes, off: int) -> QuotePacket:
     v = QUOTE.unpack_from(data, off)
-    return _new(QuotePacket, (v[2], v[3], v[4], v[5], v[6] - IST_OFFSET_S, *v[7:]))
+    return _new(QuotePacket, (v[2], v[3], v[4], v[5], v[6] - IST_OFFSET_S, v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14]))
 
 
 def _oi(data: bytes, off: int) -> OIPacket:
@@ -78,8 +77,12 @@ def _prev_close(data: bytes, off: int) -> PrevClosePacket:
 
 
 def _full(data: bytes, off: int) -> FullPacket:
-    v = _FULL_BODY.unpack_from(data, off)
-    return _new(FullPacket, (v[0], v[1], v[2], v[3], v[4] - IST_OFFSET_S, *v[5:], _DEPTH.unpack_from(data, off + _DEPTH_AT)))
+    v = _FULL_ALL.unpack_from(data, off)
+    return _new(
+        FullPacket,
+        (v[0], v[1], v[2], v[3], v[4] - IST_OFFSET_S, v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+         v[14], v[15], v[16:]),
+    )  # fmt: skip
 
 
 def _market_depth(data: bytes, off: int) -> MarketDepthPacket:
@@ -113,6 +116,9 @@ _PARSERS: dict[int, Callable[[bytes, int], Packet]] = {
 _FAST: dict[int, tuple[int, Callable[[bytes, int], Packet]]] = {
     int(code): (PACKET_SIZE[code], parser) for code, parser in _PARSERS.items()
 }
+
+
+_fast_get = _FAST.get
 
 
 def _check(data: bytes, off: int) -> tuple[int, int]:
@@ -151,11 +157,16 @@ def decode_into(data: bytes, out: list[Packet], errors: list[DecodeError]) -> No
     and decoding goes on after it; a truncated tail or an impossible length ends the message.
     """
     end = len(data)
+    # Dhan sends one packet per message: take that case before setting up the loop.
+    fast = _fast_get(data[0]) if end >= _HEADER_SIZE else None
+    if fast is not None and fast[0] == end and data[1] | (data[2] << 8) == end:
+        out.append(fast[1](data, 0))
+        return
     off = 0
     while off < end:
         # Fast path: a known code with its exact size (every packet Dhan sends).
         if end - off >= _HEADER_SIZE:
-            fast = _FAST.get(data[off])
+            fast = _fast_get(data[off])
             if fast is not None:
                 size = fast[0]
                 if end - off >= size and data[off + 1] | (data[off + 2] << 8) == size:
