@@ -31,13 +31,20 @@ from service.chains import ExpiryInfo, UnderlyingInfo
 from service.errors import ReadinessTimeout
 from service.http import HttpContext, make_app
 from service.lifecycle import Lifecycle, Phase
-from service.redis_client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
+from service.redis_client import (
+    REDIS_ERRORS,
+    Backoff,
+    close_client,
+    describe,
+    make_client,
+    masked_url,
+)
 from service.redis_layout import (
     CATALOG_KEY,
     STREAM_KEY,
     Catalog,
-    Change,
     ChainMeta,
+    Change,
     leg_field,
     legs_key,
     meta_analytics,
@@ -46,6 +53,7 @@ from service.redis_layout import (
 )
 from service.settings import RedisSettings, Settings
 from service.snapshot import ChainSnapshot, chain_snapshot
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +266,7 @@ class ReplicaFollower:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            _, stuck = await asyncio.wait([self._task], timeout=self._settings.timeout_s)
-            if stuck:
-                log.warning("replica follower did not stop within %gs", self._settings.timeout_s)
+        await cancel_and_wait(self._task, self._settings.timeout_s)
         await close_client(self._client, self._settings.timeout_s, "replica")
         task = self._task
         if task is not None and exc_type is None and task.done() and not task.cancelled() and task.exception():

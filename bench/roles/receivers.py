@@ -32,7 +32,14 @@ from websockets.asyncio.client import connect
 
 from bench.roles import ist_today
 from bench.roles.feed import universe_config
-from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig, Subscription, plan_subscriptions, shard
+from feeds.dhan.client import (
+    Credentials,
+    DhanFeed,
+    DhanFeedConfig,
+    Subscription,
+    plan_subscriptions,
+    shard,
+)
 from feeds.dhan.codec import decode_packet
 from feeds.dhan.packets import FeedMode
 from feeds.dhan.requests import subscribe_messages

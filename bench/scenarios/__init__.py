@@ -8,7 +8,17 @@ here is the order of a full run.
 from __future__ import annotations
 
 from bench.model import Scenario
-from bench.scenarios import analytics, decode, freshness, ingest, metrics, mirror, recovery, scale, serve
+from bench.scenarios import (
+    analytics,
+    decode,
+    freshness,
+    ingest,
+    metrics,
+    mirror,
+    recovery,
+    scale,
+    serve,
+)
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s

@@ -26,8 +26,8 @@ import asyncio
 import datetime as dt
 import math
 import random
-import time
 
+from bench.flat_out import INGEST_BATCH, flat_out
 from bench.model import Budget, Row, Scenario
 from bench.timing import Contestant, race
 from feeds.model import IST, FullTick, QuoteTick, Tick
@@ -45,7 +45,6 @@ STRIKES_PER_SIDE = 125  # 251 strikes
 TODAY = dt.date(2026, 11, 23)
 NOW = dt.datetime(2026, 11, 23, 10, 15, tzinfo=IST).timestamp()  # Monday 10:15; the expiry is Tuesday 15:30
 RATE = 0.065
-INGEST_BATCH = 250
 INTERVALS_S = (0.5, 0.05)
 TARGET = 0.95
 
@@ -222,24 +221,11 @@ async def _ingest_once(interval_s: float | None, seconds: float) -> tuple[float,
     cache, _ = _chain()
     ticks = _ticks(cache, 8192)
     if interval_s is None:
-        return await _flat_out(cache, ticks, seconds), 0, 0.0
+        return await flat_out(cache, ticks, seconds), 0, 0.0
     runner = AnalyticsRunner(cache, AnalyticsSettings(rate=RATE, interval_s=interval_s), clock=lambda: NOW)
     async with runner:
-        rate = await _flat_out(cache, ticks, seconds)
+        rate = await flat_out(cache, ticks, seconds)
     return rate, runner.stats.passes, runner.stats.seconds_total
-
-
-async def _flat_out(cache: ChainCache, ticks: list[Tick], seconds: float) -> float:
-    batches = [ticks[i : i + INGEST_BATCH] for i in range(0, len(ticks), INGEST_BATCH)]
-    applied = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for batch in batches:
-            cache.apply(batch)
-            applied += len(batch)
-            await asyncio.sleep(0)
-    return applied / (time.perf_counter() - start)
 
 
 def _ticks(cache: ChainCache, n: int) -> list[Tick]:

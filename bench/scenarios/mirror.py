@@ -36,6 +36,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bench.flat_out import INGEST_BATCH, flat_out
 from bench.model import Budget, Row, Scenario
 from feeds.model import FullTick, Tick
 from feeds.simulator.config import SimulatorConfig
@@ -50,7 +51,6 @@ STRIKES_PER_SIDE = 125  # 251 strikes, 502 option legs
 RATES = (50_000, 5_000)  # ticks/s
 BATCH_EVERY_S = 0.005
 FLUSH_INTERVAL_S = RedisSettings.model_fields["flush_interval_s"].default  # as shipped
-INGEST_BATCH = 250
 NOW = 1_795_000_000.0
 TODAY = dt.date(2026, 11, 23)
 
@@ -180,7 +180,7 @@ async def _ingest_once(server: _RedisServer, who: str, seconds: float) -> float:
     cache = _cache()
     ticks = _ticks(cache, 8192, seed=1)
     if who == "none":
-        return await _flat_out(cache, ticks, seconds)
+        return await flat_out(cache, ticks, seconds)
     if who == "down" and server.running:
         await server.stop()
     if who == "on" and not server.running:
@@ -193,22 +193,9 @@ async def _ingest_once(server: _RedisServer, who: str, seconds: float) -> float:
         async with RedisMirror(cache, settings) as mirror:
             if who == "on":
                 await _until(lambda: mirror.stats.connected)
-            return await _flat_out(cache, ticks, seconds)
+            return await flat_out(cache, ticks, seconds)
     finally:
         quiet.setLevel(level)
-
-
-async def _flat_out(cache: ChainCache, ticks: list[Tick], seconds: float) -> float:
-    batches = [ticks[i : i + INGEST_BATCH] for i in range(0, len(ticks), INGEST_BATCH)]
-    applied = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for batch in batches:
-            cache.apply(batch)
-            applied += len(batch)
-            await asyncio.sleep(0)
-    return applied / (time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -24,7 +24,13 @@ import time
 import websockets
 
 from bench.model import Budget, Row, Scenario
-from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig, Subscription, plan_subscriptions
+from feeds.dhan.client import (
+    Credentials,
+    DhanFeed,
+    DhanFeedConfig,
+    Subscription,
+    plan_subscriptions,
+)
 from feeds.dhan.packets import FeedMode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
