@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from feeds.model import Tick
-from service.cache import ChainCache
+from service.core.cache import ChainCache
 
 INGEST_BATCH = 250
 

@@ -26,19 +26,19 @@ from feeds.errors import FatalFeedError, InstrumentMasterError
 from feeds.model import ChainSkeleton
 from feeds.replay import Recorder, ReplayServer
 from feeds.simulator.server import SimulatorServer
-from service.analytics_runner import AnalyticsRunner
-from service.cache import ChainCache
-from service.chains import CacheChains
-from service.endpoints import FeedEndpoint, build_feed, open_endpoint, open_recorder
+from service.analytics.runner import AnalyticsRunner
+from service.core.cache import ChainCache
+from service.core.chains import CacheChains
+from service.feed_source import FeedEndpoint, build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
-from service.health import Health
+from service.core.health import Health
 from service.http import HttpContext, make_app
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics, metrics_server
-from service.mirror import MirrorStats, RedisMirror
-from service.rest_seed import RestSeeder
-from service.roll import ExpiryRoller, live_skeleton
+from service.redis.mirror import MirrorStats, RedisMirror
+from service.analytics.rest_seed import RestSeeder
+from service.core.roll import ExpiryRoller, live_skeleton
 from service.settings import Settings
 from service.tasks import cancel_and_wait
 
@@ -274,7 +274,7 @@ async def run_service(settings: Settings) -> None:
 
 async def run_replica(settings: Settings) -> None:
     """``livechain replica``: serve the HTTP API from Redis until SIGINT/SIGTERM."""
-    from service.replica import serve_replica
+    from service.redis.replica import serve_replica
 
     await _until_signalled(serve_replica(settings))
 

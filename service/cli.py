@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.logging.level, settings.logging.json_format)
     try:
         if command == "simulate":
-            from service.endpoints import simulate
+            from service.feed_source import simulate
 
             asyncio.run(simulate(settings.simulator, host=args.host, port=args.port, faults=tuple(args.faults)))
         elif command == "replica":

@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 
 from feeds.model import IST
-from service.chains import ChainSource
-from service.health import Health
-from service.lifecycle import Lifecycle
+from service.core.chains import ChainSource
+from service.core.health import Health
+from service.core.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class HttpContext:
     chains: ChainSource
     lifecycle: Lifecycle
     cors_allow_origins: tuple[str, ...] = ()
-    health: Health | None = None  # why a serving process is degraded; see service.health
+    health: Health | None = None  # why a serving process is degraded; see service.core.health
 
 
 CONTEXT = web.AppKey("context", HttpContext)

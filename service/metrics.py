@@ -47,11 +47,11 @@ from feeds.dhan.packets import (
     UnknownPacket,
 )
 from service.errors import ConfigError
-from service.health import Health
-from service.lifecycle import Phase
+from service.core.health import Health
+from service.core.lifecycle import Phase
 
 if TYPE_CHECKING:
-    from service.ingest import Ingest
+    from service.core.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ class LivechainCollector(Collector):
         self.http = http
         self.ingest_latency = ingest_latency
         self.ingest: Ingest | None = None
-        self.analytics: object | None = None  # service.analytics_runner.AnalyticsRunner
-        self.seeder: object | None = None  # service.rest_seed.RestSeeder
+        self.analytics: object | None = None  # service.analytics.runner.AnalyticsRunner
+        self.seeder: object | None = None  # service.analytics.rest_seed.RestSeeder
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:

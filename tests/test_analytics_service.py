@@ -13,9 +13,9 @@ import pytest
 from feeds.dhan.option_chain import encode_trading_error
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
-from service.analytics import ChainAnalytics
+from service.analytics.compute import ChainAnalytics
 from service.app import running_service
-from service.redis_layout import STREAM_KEY, chain_id, meta_key
+from service.redis.layout import STREAM_KEY, chain_id, meta_key
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.test_replica import (
     assert_same_bytes,

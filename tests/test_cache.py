@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 
 from feeds.model import ChainSkeleton, OpenInterestTick, TradeTick
-from service.cache import ChainCache
-from service.snapshot import render
+from service.core.cache import ChainCache
+from service.core.snapshot import render
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 
 

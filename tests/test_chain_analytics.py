@@ -1,4 +1,4 @@
-"""Chain analytics (service.analytics) on hand-made chains: PCR, max pain, forward, ATM, per-leg IV.
+"""Chain analytics (service.analytics.compute) on hand-made chains: PCR, max pain, forward, ATM, per-leg IV.
 
 The fixture chain is NIFTY 2026-11-24, strikes 24900…25100 step 50; ``NOW`` is 2026-11-18
 16:36:40 IST, 5.95 days before the 15:30 expiry.
@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from feeds.model import ChainSkeleton, OpenInterestTick, QuoteTick
-from service.analytics import (
+from service.analytics.compute import (
     AnalyticsParams,
     ChainAnalytics,
     DhanGreeks,
@@ -24,11 +24,11 @@ from service.analytics import (
     max_pain,
     years_to_expiry,
 )
-from service.analytics_runner import AnalyticsRunner
-from service.cache import Chain, ChainCache, LegSeed
-from service.greeks import black76
+from service.analytics.runner import AnalyticsRunner
+from service.core.cache import Chain, ChainCache, LegSeed
+from service.analytics.greeks import black76
 from service.settings import AnalyticsSettings
-from service.snapshot import render
+from service.core.snapshot import render
 from tests.conftest import NOW, full_tick
 
 R = 0.065

@@ -17,10 +17,10 @@ from feeds.errors import FatalFeedError
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
 from service.app import running_service
-from service.cache import ChainCache
-from service.endpoints import subscriptions_for
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.feed_source import subscriptions_for
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 from tests.test_service import SIM, assert_cache_matches_simulator, quiesce, settings_for, until
 
 pytestmark = pytest.mark.usefixtures("dhan_env")

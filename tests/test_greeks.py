@@ -1,4 +1,4 @@
-"""Black-76 IV and greeks (service.greeks) against an independent implementation, vollib.
+"""Black-76 IV and greeks (service.analytics.greeks) against an independent implementation, vollib.
 
 vollib computes IV with Peter Jäckel's "Let's be rational" and Φ with Cody's erfc; we use
 Halley's method and the C library's erfc: nothing is shared but the formulas' definitions.
@@ -16,7 +16,7 @@ from vollib.black.greeks.analytical import delta, gamma, theta, vega
 from vollib.black.implied_volatility import implied_volatility
 from vollib.helpers.exceptions import PriceIsAboveMaximum, PriceIsBelowIntrinsic
 
-from service.greeks import black76, implied_vol
+from service.analytics.greeks import black76, implied_vol
 
 TOLERANCE = 1e-6  # the issue's bar, on σ as a fraction and on every greek
 F = 25_000.0

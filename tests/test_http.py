@@ -9,17 +9,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from feeds.model import ChainSkeleton
-from service.cache import ChainCache
-from service.chains import CacheChains
+from service.core.cache import ChainCache
+from service.core.chains import CacheChains
 from service.http import HttpContext, make_app
-from service.lifecycle import Lifecycle, Phase
+from service.core.lifecycle import Lifecycle, Phase
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 
 LEG_FIELDS = {
     "security_id", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low",
     "close", "bid", "bid_qty", "ask", "ask_qty", "updated_at", "stale",
     "oi_change", "change", "change_pct", "two_sided",  # derived from the leg
-    "iv", "delta", "gamma", "theta", "vega", "iv_source",  # the chain's analytics (service.analytics)
+    "iv", "delta", "gamma", "theta", "vega", "iv_source",  # the chain's analytics (service.analytics.compute)
 }
 CHAIN_ANALYTICS_FIELDS = {
     "forward", "forward_source", "atm_strike", "atm_straddle", "pcr_oi", "pcr_volume", "max_pain", "years_to_expiry",

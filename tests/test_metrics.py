@@ -23,10 +23,10 @@ from feeds.model import ChainSkeleton
 from feeds.simulator.server import SimulatorServer
 from feeds.throttle import LogThrottle
 from service.app import running_service
-from service.cache import ChainCache
-from service.endpoints import subscriptions_for
-from service.health import Health
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.feed_source import subscriptions_for
+from service.core.health import Health
+from service.core.lifecycle import Lifecycle, Phase
 from service.logs import JsonFormatter
 from service.metrics import Histogram, Metrics
 from service.settings import Settings
@@ -352,7 +352,7 @@ async def test_logs_tell_the_lifecycle_as_json_without_secrets(
         websockets_log.setLevel(level)
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
-    phases = [line["phase"] for line in lines if line["logger"] == "service.lifecycle"]
+    phases = [line["phase"] for line in lines if line["logger"] == "service.core.lifecycle"]
     assert phases == ["warming", "ready", "stopping", "stopped"]
     messages = "\n".join(line["message"] for line in lines)
     for step in ("metrics on http://", "instruments loaded", "feed connection 0 open", "serving http://"):

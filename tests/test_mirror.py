@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from feeds.model import ChainSkeleton, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.universe import build_universe
-from service.cache import ChainCache
+from service.core.cache import ChainCache
 from service.errors import RedisUnavailable
-from service.mirror import RedisMirror
-from service.redis_layout import (
+from service.redis.mirror import RedisMirror
+from service.redis.layout import (
     CATALOG_KEY,
     CHANNEL_PATTERN,
     STREAM_KEY,
@@ -33,7 +33,7 @@ from service.redis_layout import (
     parse_change,
 )
 from service.settings import RedisSettings
-from service.snapshot import leg_json
+from service.core.snapshot import leg_json
 from tests.conftest import NOW, TODAY, free_port, full_tick, index_tick, prev_close_tick
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 

@@ -11,7 +11,7 @@ from feeds.replay import MAGIC, Recorder, RecordingError, read_recording, read_s
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
 from service.app import running_service
-from service.cache import ChainCache
+from service.core.cache import ChainCache
 from tests.test_service import SIM, quiesce, settings_for, until
 
 pytestmark = pytest.mark.usefixtures("dhan_env")

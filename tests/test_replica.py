@@ -16,13 +16,13 @@ import pytest
 
 from feeds.model import ChainSkeleton
 from service.app import RunningService, running_service
-from service.cache import ChainCache
-from service.chains import CacheChains
+from service.core.cache import ChainCache
+from service.core.chains import CacheChains
 from service.errors import ReadinessTimeout
-from service.lifecycle import Lifecycle, Phase
-from service.mirror import RedisMirror
-from service.redis_layout import STREAM_KEY, parse_change
-from service.replica import ReplicaFollower, ReplicaStore, RunningReplica, running_replica
+from service.core.lifecycle import Lifecycle, Phase
+from service.redis.mirror import RedisMirror
+from service.redis.layout import STREAM_KEY, parse_change
+from service.redis.replica import ReplicaFollower, ReplicaStore, RunningReplica, running_replica
 from service.settings import Settings
 from tests.conftest import NOW, free_port, full_tick
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)

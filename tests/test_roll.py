@@ -12,7 +12,7 @@ from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
 from feeds.simulator.universe import build_universe
 from service.app import running_service
-from service.roll import live_skeleton
+from service.core.roll import live_skeleton
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.test_service import get_json, quiesce, assert_cache_matches_simulator, settings_for, until
 
@@ -66,7 +66,7 @@ async def test_roll_moves_chains_subscriptions_and_http() -> None:
 
 async def test_roll_rewrites_redis(redis_server: RedisServer) -> None:  # noqa: F811
     """The mirror drops the expired chain's keys and writes the new one under a new run."""
-    from service.redis_layout import CATALOG_KEY, chain_id, legs_key
+    from service.redis.layout import CATALOG_KEY, chain_id, legs_key
 
     async with SimulatorServer(SimulatorConfig(**SIM3)) as sim:
         settings = settings_for(sim, redis={"enabled": True, "url": redis_server.url})

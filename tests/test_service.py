@@ -14,9 +14,9 @@ from feeds.dhan.packets import FeedMode, ResponseCode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
 from service.app import RunningService, running_service
-from service.cache import ChainCache
+from service.core.cache import ChainCache
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
-from service.lifecycle import Phase
+from service.core.lifecycle import Phase
 from service.settings import Settings
 
 UNIT_S = 5.0  # the unit every wait in this file is a multiple of

@@ -29,12 +29,12 @@ from bench.roles.feed import universe_config
 from bench.timing import percentile
 from feeds.model import FullTick, Tick
 from feeds.simulator.universe import build_universe
-from service.cache import ChainCache
-from service.chains import CacheChains
-from service.health import Health
+from service.core.cache import ChainCache
+from service.core.chains import CacheChains
+from service.core.health import Health
 from service.http import HttpContext, make_app
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics
 
 BATCH_EVERY_S = 0.005
@@ -86,7 +86,7 @@ class ServingApp:
 
     async def start(self) -> dict[str, Any]:
         try:  # option analytics, where the service has them (on by default): they re-version the chain
-            from service.analytics_runner import AnalyticsRunner
+            from service.analytics.runner import AnalyticsRunner
             from service.settings import AnalyticsSettings
         except ImportError:
             pass

@@ -45,10 +45,10 @@ from feeds.dhan.packets import FeedMode
 from feeds.dhan.requests import subscribe_messages
 from feeds.model import Tick
 from feeds.simulator.universe import Universe, build_universe
-from service.cache import ChainCache
-from service.health import Health
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.core.health import Health
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics
 
 QUERY = "?version=2&token=bench-token&clientId=1000000001&authType=2"

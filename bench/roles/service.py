@@ -29,10 +29,10 @@ import service.app
 from bench.roles import peak_rss_bytes, rss_bytes
 from feeds.model import Tick
 from service.app import running_service
-from service.ingest import Ingest
-from service.redis_layout import chain_id, channel
+from service.core.ingest import Ingest
+from service.redis.layout import chain_id, channel
 from service.settings import Settings
-from service.snapshot import render
+from service.core.snapshot import render
 
 DHAN_ENV = {"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "bench-token"}  # the feed servers accept any
 

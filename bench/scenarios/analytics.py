@@ -5,7 +5,7 @@ own model (its smile, tick-rounded, ₹0.05 at least, as far strikes quote), wit
 volume, on the day before expiry (29¼ hours left): every leg gets an IV, the most work a
 pass can have.
 
-* ``pass, 251 strikes: vs scalar loop``: ``service.analytics.analyse`` (forward, ATM, PCR,
+* ``pass, 251 strikes: vs scalar loop``: ``service.analytics.compute.analyse`` (forward, ATM, PCR,
   max pain, straddle, IV and greeks of every leg, the wire form) against the obvious first
   version: a Python loop per leg with a scalar safeguarded Newton IV and ``math.erf``, and
   max pain by the definition's double loop. Same chain, same answers (checked first, IV to
@@ -34,11 +34,11 @@ from feeds.model import IST, FullTick, QuoteTick, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.market import Market
 from feeds.simulator.universe import build_universe
-from service.analytics import AnalyticsParams, analyse, expiry_instant
-from service.analytics_runner import AnalyticsRunner
-from service.cache import Chain, ChainCache
+from service.analytics.compute import AnalyticsParams, analyse, expiry_instant
+from service.analytics.runner import AnalyticsRunner
+from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
-from service.snapshot import render
+from service.core.snapshot import render
 
 NAME = "analytics"
 STRIKES_PER_SIDE = 125  # 251 strikes

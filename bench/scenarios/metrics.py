@@ -34,10 +34,10 @@ from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig, plan_subscr
 from feeds.dhan.packets import FeedMode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.universe import build_universe
-from service.cache import ChainCache
-from service.health import Health
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.core.health import Health
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics
 
 NAME = "metrics"

@@ -41,10 +41,10 @@ from bench.model import Budget, Row, Scenario
 from feeds.model import FullTick, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.universe import build_universe
-from service.cache import ChainCache
-from service.mirror import FlushReport, RedisMirror
+from service.core.cache import ChainCache
+from service.redis.mirror import FlushReport, RedisMirror
 from service.settings import RedisSettings
-from service.snapshot import leg_json
+from service.core.snapshot import leg_json
 
 NAME = "mirror"
 STRIKES_PER_SIDE = 125  # 251 strikes, 502 option legs
@@ -186,7 +186,7 @@ async def _ingest_once(server: _RedisServer, who: str, seconds: float) -> float:
     if who == "on" and not server.running:
         await server.start()
     settings = _settings(server.url, enabled="auto" if who == "down" else True)
-    quiet = logging.getLogger("service.mirror")
+    quiet = logging.getLogger("service.redis.mirror")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "Redis is not available" is the point of this round, not news
     try:

@@ -34,9 +34,9 @@ from feeds.dhan.client import (
 from feeds.dhan.packets import FeedMode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
-from service.cache import ChainCache
-from service.ingest import Ingest
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.core.ingest import Ingest
+from service.core.lifecycle import Lifecycle, Phase
 
 NAME = "recovery"
 UNIT = "s"

@@ -3,11 +3,11 @@
 Ingest never waits on Redis. The cache adds each changed leg to its ``dirty`` set (one
 ``set.add`` per tick); every ``flush_interval_s`` this task drains the set and writes the
 legs' *current* state, so the buffer is bounded by the number of instruments and the latest
-value per leg wins. One flush is one pipelined MULTI/EXEC (layout: ``service.redis_layout``):
+value per leg wins. One flush is one pipelined MULTI/EXEC (layout: ``service.redis.layout``):
 per changed chain an HSET of its changed legs, an HSET of its meta, an XADD to the capped
 ``livechain:changes`` stream and a PUBLISH on ``livechain:changes:{chain}`` (the last two
 carry the changed legs as one JSON object, encoded once). A chain whose analytics were
-recomputed since the last flush (``service.analytics_runner``) is written too, with the
+recomputed since the last flush (``service.analytics.runner``) is written too, with the
 analytics JSON in its meta hash, stream entry and message; other flushes leave them out.
 
 If a write fails the legs go back into the dirty set, the task backs off (exponential, full
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from service.cache import Chain, ChainCache, Leg
+from service.core.cache import Chain, ChainCache, Leg
 from service.errors import RedisUnavailable
-from service.redis_client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
-from service.redis_layout import (
+from service.redis.client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
+from service.redis.layout import (
     ANALYTICS_FIELD,
     CATALOG_KEY,
     LEGS_PATTERN,
@@ -49,14 +49,14 @@ from service.redis_layout import (
     meta_key,
 )
 from service.settings import RedisSettings
-from service.snapshot import ist, leg_json
+from service.core.snapshot import ist, leg_json
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class MirrorStats:
-    """Plain counters and gauges, read at scrape time (``service.health``, metrics)."""
+    """Plain counters and gauges, read at scrape time (``service.core.health``, metrics)."""
 
     connected: bool = False
     flushes: int = 0  # successful writes, full rewrites included

@@ -2,9 +2,9 @@
 
 Only ``Ingest`` calls ``apply`` and ``mark_stale``; both are synchronous and run on the
 event loop, so no reader ever sees a half-applied batch and no lock is needed. Readers get
-immutable ``ChainSnapshot``s (see ``service.snapshot``), rendered at most once per version.
+immutable ``ChainSnapshot``s (see ``service.core.snapshot``), rendered at most once per version.
 Two more writers run on the same loop, also through synchronous methods: ``seed`` (Dhan's
-REST option chain, ``service.rest_seed``) and ``set_analytics`` (``service.analytics_runner``).
+REST option chain, ``service.analytics.rest_seed``) and ``set_analytics`` (``service.analytics.runner``).
 
 Versions come from one counter that starts at the wall clock in microseconds and grows by
 one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
@@ -43,7 +43,7 @@ class LegSeed(NamedTuple):
     oi: int | None
     prev_close: float | None
     prev_oi: int | None
-    dhan: Any  # service.analytics.DhanGreeks | None
+    dhan: Any  # service.analytics.compute.DhanGreeks | None
 
 
 class Leg:
@@ -65,8 +65,8 @@ class Leg:
         self.updated_at: float | None = None
         self.seen = False
         self.stale = False
-        self.doc: bytes | None = None  # the leg's JSON object (service.snapshot), dropped on every change
-        self.dhan: Any = None  # Dhan's own IV and greeks from its REST chain (service.analytics.DhanGreeks)
+        self.doc: bytes | None = None  # the leg's JSON object (service.core.snapshot), dropped on every change
+        self.dhan: Any = None  # Dhan's own IV and greeks from its REST chain (service.analytics.compute.DhanGreeks)
 
 
 class Chain:
@@ -86,8 +86,8 @@ class Chain:
         self.version = 0
         self.updated_at: float | None = None
         self.stale_legs = 0
-        self.rendered: Any = None  # the last ChainSnapshot, owned by service.snapshot
-        self.analytics: Any = None  # the last ChainAnalytics, computed by service.analytics_runner
+        self.rendered: Any = None  # the last ChainSnapshot, owned by service.core.snapshot
+        self.analytics: Any = None  # the last ChainAnalytics, computed by service.analytics.runner
 
 
 class ChainCache:

@@ -21,9 +21,9 @@ from feeds.calendar import MarketCalendar
 from feeds.dhan.client import DhanFeed, check_budget
 from feeds.errors import FeedError, SubscriptionError
 from feeds.model import IST, ChainSkeleton
-from service.cache import ChainCache
-from service.endpoints import subscriptions_for
-from service.mirror import RedisMirror
+from service.core.cache import ChainCache
+from service.feed_source import subscriptions_for
+from service.redis.mirror import RedisMirror
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The Redis layout of the chain: key names, fields and encodings, shared by writer and readers.
 
-Sans-I/O: nothing here talks to Redis. ``service.mirror`` writes this layout, and
-``service.replica`` (or any other consumer) reads it. Every key starts with ``livechain:``;
+Sans-I/O: nothing here talks to Redis. ``service.redis.mirror`` writes this layout, and
+``service.redis.replica`` (or any other consumer) reads it. Every key starts with ``livechain:``;
 ``{chain}`` is ``UNDERLYING:YYYY-MM-DD`` (``NIFTY:2026-11-24``) and a leg's field is
 ``{strike}:{CE|PE}`` (``25850.0:CE``, the strike as JSON writes it)::
 
@@ -30,7 +30,7 @@ arguments is most of the client's cost, and the pub/sub message embeds the same 
 orjson's output is canonical, so a reader that parses a leg and encodes it again with orjson
 gets the writer's bytes back (``parse_change`` does, for the replica's byte-identical bodies).
 
-A chain's analytics (``service.analytics.ChainAnalytics.to_json``) are
+A chain's analytics (``service.analytics.compute.ChainAnalytics.to_json``) are
 ``{"computed_at": epoch s, "chain": {"forward": …, "max_pain": …}, "legs": {"25850.0:CE":
 [iv, delta, gamma, theta, vega, iv_source]}}`` (legs without any are left out). They depend
 on the time, so readers take them as written rather than recompute them; they are written

@@ -6,8 +6,8 @@ so a render costs one ``orjson.dumps`` of the chain's frame plus the changed leg
 
 ``chain_snapshot`` is the one serialiser of a body: the primary renders its cache through it
 and a read replica renders what it loaded from Redis (the same leg bytes, see
-``service.mirror``) through it, so equal state gives equal bytes and equal ETags, on any process.
-The chain's analytics (``service.analytics``) are one more input, computed on the primary and
+``service.redis.mirror``) through it, so equal state gives equal bytes and equal ETags, on any process.
+The chain's analytics (``service.analytics.compute``) are one more input, computed on the primary and
 carried to replicas through Redis, never recomputed by a reader: they depend on the time.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import orjson
 
 from feeds.model import IST
-from service.analytics import NULL_HEAD, NULL_LEG_SUFFIX, ChainAnalytics
-from service.cache import Chain, Leg
+from service.analytics.compute import NULL_HEAD, NULL_LEG_SUFFIX, ChainAnalytics
+from service.core.cache import Chain, Leg
 
 _fromtimestamp = dt.datetime.fromtimestamp
 _F = orjson.Fragment

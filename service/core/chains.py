@@ -1,8 +1,8 @@
 """What the HTTP layer reads: a ``ChainSource`` of chain snapshots and their catalogue.
 
 Two implementations serve the same handlers: ``CacheChains`` (the primary, over its
-in-memory ``ChainCache``) and ``service.replica.ReplicaStore`` (a read replica, over the state
-it loaded from Redis). Both build bodies with ``service.snapshot.chain_snapshot``, so the same
+in-memory ``ChainCache``) and ``service.redis.replica.ReplicaStore`` (a read replica, over the state
+it loaded from Redis). Both build bodies with ``service.core.snapshot.chain_snapshot``, so the same
 chain state gives the same bytes and ETag whichever process answers.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.cache import ChainCache
-from service.snapshot import ChainSnapshot, render
+from service.core.cache import ChainCache
+from service.core.snapshot import ChainSnapshot, render
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.cache import ChainCache
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.core.lifecycle import Lifecycle, Phase
 
 
 class _Stats(Protocol):

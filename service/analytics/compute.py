@@ -2,7 +2,7 @@
 
 ``analyse(chain, now, params)`` reads a cache ``Chain`` (synchronously, on the event loop:
 the owner's state cannot change under it) and returns an immutable ``ChainAnalytics``.
-The math is ``service.greeks`` (Black-76, vectorized over the chain's legs).
+The math is ``service.analytics.greeks`` (Black-76, vectorized over the chain's legs).
 
 Definitions (README "Option analytics"):
 
@@ -24,9 +24,9 @@ Definitions (README "Option analytics"):
   attempt is undefined (a price below intrinsic value, expired) everything is null.
 
 Published values are rounded (IV % to 4 decimals, delta 6, gamma 8, theta 4, vega 4; the
-chain-level prices to 4): ``service.greeks`` itself is exact to ~1e-10, rounding is for the
+chain-level prices to 4): ``service.analytics.greeks`` itself is exact to ~1e-10, rounding is for the
 wire. The result travels to read replicas through Redis (``to_json``/``from_json``) and is
-spliced into the body by ``service.snapshot``; both ends derive the body's bytes from the same
+spliced into the body by ``service.core.snapshot``; both ends derive the body's bytes from the same
 values with the same code, so a replica's body is the primary's byte for byte.
 """
 
@@ -44,8 +44,8 @@ import numpy as np
 import orjson
 
 from feeds.model import IST
-from service.cache import Chain, Leg
-from service.greeks import DAYS_PER_YEAR, black76, implied_vol
+from service.core.cache import Chain, Leg
+from service.analytics.greeks import DAYS_PER_YEAR, black76, implied_vol
 
 EXPIRY_TIME_IST = dt.time(15, 30)  # NSE and BSE index and stock options expire at the close
 SECONDS_PER_YEAR = DAYS_PER_YEAR * 86_400
@@ -101,7 +101,7 @@ def _ist(epoch_s: float) -> dt.datetime:
 
 def _leg_suffixes(legs: Mapping[LegKey, LegValues]) -> dict[LegKey, bytes]:
     """Per leg ``,"iv":…,"iv_source":…}``: what turns a leg's base object into the body's (see
-    ``service.snapshot``). One ``orjson.dumps`` for all legs, then split between objects: no
+    ``service.core.snapshot``). One ``orjson.dumps`` for all legs, then split between objects: no
     value can contain ``},{`` (numbers, null, and the two source names)."""
     if not legs:
         return {}

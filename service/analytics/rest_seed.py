@@ -5,7 +5,7 @@ The WebSocket feed carries prices, OI and depth but no IV or greeks; the REST ch
 start, while the feed warms up, ``RestSeeder`` fetches each served underlying's expiry list,
 then each served chain, and hands what they say to the cache's owner method ``seed``: OI,
 previous close and previous OI where the feed has not sent them yet (live data always wins),
-and Dhan's IV/greeks, which ``service.analytics`` shows for legs we cannot price ourselves yet
+and Dhan's IV/greeks, which ``service.analytics.compute`` shows for legs we cannot price ourselves yet
 (``iv_source`` "dhan"). Then it does it again every ``analytics.reconcile_s``.
 
 It never blocks startup or serving: it runs in its own task, every request is bounded
@@ -25,8 +25,8 @@ from feeds.dhan.option_chain import OptionChain, OptionQuote
 from feeds.dhan.rest import OptionChainClient
 from feeds.errors import RestAuthError, RestError
 from feeds.model import Segment
-from service.analytics import DhanGreeks
-from service.cache import Chain, ChainCache, LegSeed
+from service.analytics.compute import DhanGreeks
+from service.core.cache import Chain, ChainCache, LegSeed
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from feeds.throttle import LogThrottle
-from service.analytics import AnalyticsParams, analyse
-from service.cache import Chain, ChainCache
+from service.analytics.compute import AnalyticsParams, analyse
+from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
 from service.tasks import cancel_and_wait
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 from feeds.model import Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedEvent, ServerDisconnect
-from service.cache import ChainCache
-from service.lifecycle import Lifecycle, Phase
+from service.core.cache import ChainCache
+from service.core.lifecycle import Lifecycle, Phase
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ or a gap in ``seq`` (entries trimmed before we read them) means reload; a lost c
 means not ready (503 on /readyz, chains reported stale) until Redis answers and a reload
 succeeds. ``ReplicaStore`` keeps what the body needs — each leg's JSON bytes as the primary
 wrote them, and each chain's analytics as the primary computed them (never recomputed here:
-they depend on the time) — and renders through ``service.snapshot.chain_snapshot``, so for the same chain
+they depend on the time) — and renders through ``service.core.snapshot.chain_snapshot``, so for the same chain
 state the replica's body and ETag are the primary's, byte for byte.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.analytics import ChainAnalytics
-from service.chains import ExpiryInfo, UnderlyingInfo
+from service.analytics.compute import ChainAnalytics
+from service.core.chains import ExpiryInfo, UnderlyingInfo
 from service.errors import ReadinessTimeout
 from service.http import HttpContext, make_app
-from service.lifecycle import Lifecycle, Phase
-from service.redis_client import (
+from service.core.lifecycle import Lifecycle, Phase
+from service.redis.client import (
     REDIS_ERRORS,
     Backoff,
     close_client,
@@ -39,7 +39,7 @@ from service.redis_client import (
     make_client,
     masked_url,
 )
-from service.redis_layout import (
+from service.redis.layout import (
     CATALOG_KEY,
     STREAM_KEY,
     Catalog,
@@ -52,7 +52,7 @@ from service.redis_layout import (
     parse_change,
 )
 from service.settings import RedisSettings, Settings
-from service.snapshot import ChainSnapshot, chain_snapshot
+from service.core.snapshot import ChainSnapshot, chain_snapshot
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The option-chain state and its lifecycle: cache, ingest, snapshots, roll, health."""
