@@ -1,8 +1,10 @@
 """When the exchange is open: session hours in IST, weekends and a holiday list.
 
 A feed that is silent while the market is closed is healthy; silent while it is open, it is
-dead. The holiday list is data (``config/nse-holidays.toml``), not code: NSE publishes it
-once a year and sometimes amends it.
+dead. The holiday list is data (``feeds/calendars/nse-holidays.toml``, shipped with the
+package as ``NSE_HOLIDAYS``), not code: NSE publishes it once a year and sometimes amends it.
+A year the list does not cover is not an error: every weekday of it is a session
+(``covers_year`` lets the service say so at startup).
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ import datetime as dt
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from feeds.model import IST
+
+# NSE's trading holidays (equity and equity derivatives), shipped inside the package.
+NSE_HOLIDAYS: Traversable = files("feeds").joinpath("calendars", "nse-holidays.toml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,11 @@ class MarketCalendar:
         if self.close_time <= self.open_time:
             raise ValueError("close_time must be after open_time")
 
+    def covers_year(self, year: int) -> bool:
+        """True when the holiday list has at least one date in ``year`` (NSE always has some):
+        outside the years it covers, every weekday is treated as a session."""
+        return any(day.year == year for day in self.holidays)
+
     def is_trading_day(self, day: dt.date) -> bool:
         return day.weekday() < 5 and day not in self.holidays
 
@@ -45,8 +57,8 @@ class MarketCalendar:
         return dt.datetime.combine(day, self.close_time, IST)
 
 
-def load_holidays(path: Path) -> frozenset[dt.date]:
-    """Read ``holidays = [2026-01-26, ...]`` (TOML dates) from ``path``."""
+def load_holidays(path: Path | Traversable = NSE_HOLIDAYS) -> frozenset[dt.date]:
+    """Read ``holidays = [2026-01-26, ...]`` (TOML dates) from ``path`` (default: the packaged NSE list)."""
     with path.open("rb") as fh:
         data = tomllib.load(fh)
     values = data.get("holidays")

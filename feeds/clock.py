@@ -13,7 +13,7 @@ decides *what time it is*, never how long to wait.
 from __future__ import annotations
 
 import datetime as dt
-import time
+import time as _time
 from typing import Protocol
 
 from feeds.model import IST
@@ -32,8 +32,8 @@ class SystemClock:
 
     __slots__ = ()
 
-    time = staticmethod(time.time)
-    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(_time.time)
+    monotonic = staticmethod(_time.monotonic)
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -77,12 +77,16 @@ class ShiftedClock:
     __slots__ = ("_offset",)
 
     def __init__(self, epoch_s: float) -> None:
-        self._offset = float(epoch_s) - time.monotonic()
+        self._offset = float(epoch_s) - _time.monotonic()
 
     def time(self) -> float:
-        return time.monotonic() + self._offset
+        return _time.monotonic() + self._offset
 
-    monotonic = staticmethod(time.monotonic)
+    monotonic = staticmethod(_time.monotonic)
+
+    def set(self, epoch_s: float) -> None:
+        """Jump the wall clock to ``epoch_s``; it runs on from there (the monotonic face never jumps)."""
+        self._offset = float(epoch_s) - _time.monotonic()
 
     def __repr__(self) -> str:
         return f"ShiftedClock(now={self.time()!r})"

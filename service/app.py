@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 
 from feeds.calendar import MarketCalendar
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.dhan.client import DhanFeed
 from feeds.dhan.instruments import load_scrip_master
 from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
@@ -29,10 +28,11 @@ from feeds.simulator.server import SimulatorServer
 from service.analytics.runner import AnalyticsRunner
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
+from service.core.freshness import Freshness
 from service.feed_source import FeedEndpoint, build_feed, open_endpoint, open_recorder
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
 from service.core.health import Health
-from service.http import HttpContext, make_app
+from service.http import HttpContext, make_app, serve_http
 from service.core.ingest import Ingest
 from service.core.lifecycle import Lifecycle, Phase
 from service.metrics import Metrics, metrics_server
@@ -40,7 +40,7 @@ from service.redis.mirror import MirrorStats, RedisMirror
 from service.analytics.rest_seed import RestSeeder
 from service.core.roll import ExpiryRoller, live_skeleton
 from service.settings import Settings
-from service.tasks import cancel_and_wait
+from service.tasks import Supervisor, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class RunningService:
     roller: ExpiryRoller | None = None
     analytics: AnalyticsRunner | None = None  # None when analytics.enabled = false
     seeder: RestSeeder | None = None  # None unless seeding from the REST option chain
+    supervisor: Supervisor | None = None  # the background tasks (analytics, seeder, roller, mirror)
 
 
 async def _load_master(settings: Settings, source: str) -> ChainSkeleton:
@@ -74,13 +75,15 @@ async def _load_master(settings: Settings, source: str) -> ChainSkeleton:
     return await load_scrip_master(source, settings.instruments.underlyings, timeout_s=settings.instruments.load_timeout_s)
 
 
-async def _load_instruments(settings: Settings, source: str, calendar: MarketCalendar) -> tuple[ChainSkeleton, ChainSkeleton]:
+async def _load_instruments(
+    settings: Settings, source: str, calendar: MarketCalendar, clock: Clock
+) -> tuple[ChainSkeleton, ChainSkeleton]:
     """(the full list, the live chains to serve now)."""
     try:
         full = await _load_master(settings, source)
     except InstrumentMasterError as exc:
         raise ConfigError(f"cannot load instruments: {exc}") from exc
-    skeleton = live_skeleton(full, settings.instruments.max_expiries, time.time(), calendar)
+    skeleton = live_skeleton(full, settings.instruments.max_expiries, clock.time(), calendar)
     empty = [s for s, u in skeleton.underlyings.items() if not u.expiries]
     if empty:
         raise ConfigError(f"no unexpired option expiries for: {', '.join(empty)}")
@@ -100,11 +103,12 @@ async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Tas
     """Wait for the coverage target, failing fast if the feed dies or time runs out."""
     cache = ingest.cache
     r = settings.readiness
-    deadline = time.monotonic() + r.timeout_s
+    loop_time = asyncio.get_running_loop().time  # how long to wait is the event loop's business
+    deadline = loop_time() + r.timeout_s
     gate = asyncio.ensure_future(ingest.gate.wait())
     try:
         while not ingest.gate.is_set():
-            remaining = deadline - time.monotonic()
+            remaining = deadline - loop_time()
             if remaining <= 0:
                 missing = cache.subscribed - cache.covered
                 by_und = ", ".join(f"{s} ({n} missing)" for s, n in cache.missing_by_underlying().items())
@@ -131,19 +135,20 @@ async def _await_gate(settings: Settings, ingest: Ingest, feed_task: asyncio.Tas
 
 
 async def _start_metrics(
-    settings: Settings, health: Health, stack: contextlib.AsyncExitStack
+    settings: Settings, health: Health, stack: contextlib.AsyncExitStack, clock: Clock
 ) -> tuple[Metrics | None, int | None]:
     """Bind the metrics port first of all, so warm-up (and a failure during it) can be scraped."""
     m = settings.metrics
     if not m.enabled:
         return None, None
-    metrics = Metrics(health)
+    metrics = Metrics(health, clock=clock)
     port = await stack.enter_async_context(metrics_server(metrics, m.host, m.port))
     return metrics, port
 
 
 async def _start_mirror(
-    settings: Settings, cache: ChainCache, health: Health, stack: contextlib.AsyncExitStack
+    settings: Settings, cache: ChainCache, freshness: Freshness, health: Health, stack: contextlib.AsyncExitStack,
+    supervisor: Supervisor,
 ) -> RedisMirror | None:
     """Mirror the cache into Redis from before the feed starts, so warm-up state is mirrored too.
 
@@ -157,19 +162,27 @@ async def _start_mirror(
     def attach(stats: MirrorStats) -> None:
         health.mirror = stats
 
-    return await stack.enter_async_context(RedisMirror(cache, settings.redis, on_connect=attach))
+    return await stack.enter_async_context(
+        RedisMirror(
+            cache, settings.redis, freshness=freshness, on_connect=attach, clock=cache.clock, supervisor=supervisor
+        )
+    )
 
 
 async def _start_analytics(
-    settings: Settings, cache: ChainCache, stack: contextlib.AsyncExitStack
+    settings: Settings, cache: ChainCache, calendar: MarketCalendar, stack: contextlib.AsyncExitStack,
+    supervisor: Supervisor,
 ) -> AnalyticsRunner | None:
     if not settings.analytics.enabled:
         return None
-    return await stack.enter_async_context(AnalyticsRunner(cache, settings.analytics))
+    return await stack.enter_async_context(
+        AnalyticsRunner(cache, settings.analytics, calendar=calendar, clock=cache.clock, supervisor=supervisor)
+    )
 
 
 async def _start_seeder(
-    settings: Settings, cache: ChainCache, endpoint: FeedEndpoint, stack: contextlib.AsyncExitStack
+    settings: Settings, cache: ChainCache, endpoint: FeedEndpoint, stack: contextlib.AsyncExitStack,
+    supervisor: Supervisor,
 ) -> RestSeeder | None:
     """Seed from the REST option chain in the background (``analytics.seed``; auto: with Dhan's feed)."""
     a = settings.analytics
@@ -187,34 +200,39 @@ async def _start_seeder(
     )
     log.info("seeding option chains from the REST API at %s, reconciling every %gs", endpoint.rest_url,
              a.reconcile_s)  # fmt: skip
-    return await stack.enter_async_context(RestSeeder(cache, client, a.reconcile_s))
+    return await stack.enter_async_context(RestSeeder(cache, client, a.reconcile_s, supervisor=supervisor))
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
-    """Start everything; yield once the HTTP port is bound; tear down in reverse on exit."""
+async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningService]:
+    """Start everything; yield once the HTTP port is bound; tear down in reverse on exit.
+
+    ``clock`` is the one clock every part asks what time it is (tests pass their own)."""
     lifecycle = Lifecycle()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lifecycle.stopped)
-        health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s)
-        metrics, metrics_port = await _start_metrics(settings, health, stack)
-        endpoint = await open_endpoint(settings, stack)
-        full, skeleton = await _load_instruments(settings, endpoint.scrip_master, endpoint.calendar)
-        cache = ChainCache(skeleton)
-        feed = build_feed(settings, skeleton, endpoint)
+        supervisor = await stack.enter_async_context(Supervisor())  # exits last: every task is stopped
+        health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s, clock=clock)
+        metrics, metrics_port = await _start_metrics(settings, health, stack, clock)
+        endpoint = await open_endpoint(settings, stack, clock)
+        full, skeleton = await _load_instruments(settings, endpoint.scrip_master, endpoint.calendar, clock)
+        cache = ChainCache(skeleton, clock=clock)
+        freshness = Freshness(settings.cache.stale_after_s, endpoint.calendar, clock)
+        feed = build_feed(settings, skeleton, endpoint, clock)
         recorder = open_recorder(settings, skeleton, feed)
         if recorder is not None:
             stack.callback(recorder.close)
         health.cache, health.feed = cache, feed
-        mirror = await _start_mirror(settings, cache, health, stack)
-        analytics = await _start_analytics(settings, cache, stack)
-        seeder = await _start_seeder(settings, cache, endpoint, stack)
+        mirror = await _start_mirror(settings, cache, freshness, health, stack, supervisor)
+        analytics = await _start_analytics(settings, cache, endpoint.calendar, stack, supervisor)
+        seeder = await _start_seeder(settings, cache, endpoint, stack, supervisor)
         ingest = Ingest(
             cache, lifecycle, min_coverage=settings.readiness.min_coverage, connections=len(feed.connections),
-            latency=metrics.ingest_latency if metrics is not None else None,
+            latency=metrics.ingest_latency if metrics is not None else None, clock=clock,
         )
         if metrics is not None:
             metrics.attach_ingest(ingest)
+            metrics.attach_tasks(supervisor)
             metrics.attach_analytics(analytics, seeder)
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
@@ -229,38 +247,44 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
 
         app = make_app(
             HttpContext(
-                CacheChains(cache, settings.cache.stale_after_s, endpoint.calendar.is_open), lifecycle,
+                CacheChains(cache, freshness), lifecycle,
                 settings.http.cors_allow_origins,
                 health=health,
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout_s,
-                               access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        stack.callback(lifecycle.stopping)  # before the port closes: /readyz says stopping
-        site = web.TCPSite(runner, settings.http.host, settings.http.port)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = await serve_http(app, settings.http, stack, lifecycle)
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
         roller = ExpiryRoller(
-            settings, full, endpoint.calendar, cache, feed, mirror,
-            reload=lambda: _load_master(settings, endpoint.scrip_master),
+            settings, full, endpoint.calendar, cache, feed,
+            reload=lambda: _load_master(settings, endpoint.scrip_master), clock=clock,
         )
-        roll_task = asyncio.create_task(roller.run(), name="expiry-roll")
-        stack.push_async_callback(cancel_and_wait, roll_task)
+        stack.push_async_callback(supervisor.spawn("expiry-roll", roller.run).stop)
         yield RunningService(
             settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
             health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror, roller=roller,
-            analytics=analytics, seeder=seeder,
+            analytics=analytics, seeder=seeder, supervisor=supervisor,
         )
 
 
 async def _serve(settings: Settings) -> None:
     async with running_service(settings) as svc:
-        await svc.feed_task  # runs until cancelled by a signal, or raises the feed's fatal error
+        assert svc.supervisor is not None
+        await _until_failed(svc.feed_task, svc.supervisor)
+
+
+async def _until_failed(feed_task: asyncio.Task[None], supervisor: Supervisor) -> None:
+    """Run until cancelled (by a signal); raise what ended the feed task (FatalFeedError → exit
+    4, anything else → exit 1), or the ``TaskFailed`` of a FATAL background task (exit 1)."""
+    failed = asyncio.ensure_future(supervisor.wait_failed())
+    try:
+        await asyncio.wait({feed_task, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+    if feed_task.done():
+        return await feed_task
+    raise failed.result()
 
 
 async def run_service(settings: Settings) -> None:

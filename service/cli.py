@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livechain", description="Live option-chain service (DhanHQ v2).")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the service (default: on the embedded simulator)")
-    run.add_argument("--config", type=Path, help="TOML settings file (default: $LIVECHAIN_CONFIG or config/livechain.toml)")
+    run.add_argument("--config", type=Path, help="TOML settings file (default: $LIVECHAIN_CONFIG, else the packaged defaults)")
     rec = sub.add_parser("record", help="run the service and record every raw feed frame")
     rec.add_argument("--config", type=Path, help="TOML settings file")
     rec.add_argument("--out", type=Path, required=True, help="recording base path, e.g. recordings/today.lcr")

@@ -14,14 +14,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from feeds.calendar import MarketCalendar, load_holidays
-from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig, plan_subscriptions
+from feeds.clock import SYSTEM_CLOCK, Clock, ist_now
+from feeds.calendar import NSE_HOLIDAYS, MarketCalendar, load_holidays
+from feeds.dhan.client import Credentials, DhanFeed, plan_subscriptions
 from feeds.dhan.instruments import write_scrip_master
 from feeds.dhan.packets import FeedMode
 from feeds.errors import SubscriptionError
 from feeds.model import ChainSkeleton
 from feeds.replay import Recorder, RecordingError, ReplayServer, recording_metadata
-from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.faults import Fault
 from feeds.simulator.server import SimulatorServer, serve_forever
 from service.errors import ConfigError
@@ -45,21 +45,10 @@ class FeedEndpoint:
     rest_url: str | None = None  # the option-chain REST API's base; None: there is none (replay)
 
 
-def simulator_config(sim: SimulatorSettings) -> SimulatorConfig:
-    try:
-        return SimulatorConfig(
-            seed=sim.seed,
-            underlyings=tuple(sim.underlyings),
-            expiries=sim.expiries,
-            strikes_per_side=sim.strikes_per_side,
-            tick_interval_s=sim.tick_interval_s,
-            trades_per_step=sim.trades_per_step,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid simulator settings: {exc}") from None
-
-
-def market_calendar(settings: Settings) -> MarketCalendar:
+def market_calendar(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> MarketCalendar:
+    """The calendar ``market.schedule`` asks for. An NSE calendar whose holiday list has no
+    date in the clock's current year is used as it is (every weekday a session) and said so
+    once, here, at startup."""
     m = settings.market
     schedule = m.schedule
     if schedule == "auto":
@@ -69,14 +58,22 @@ def market_calendar(settings: Settings) -> MarketCalendar:
     if schedule == "never_open":
         # Closed for good: the stall watchdog never fires (a replay that has ended is quiet).
         return MarketCalendar(never_open=True)
+    source = m.holidays_file or NSE_HOLIDAYS
     try:
-        holidays = load_holidays(m.holidays_file)
+        holidays = load_holidays(source)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"market.holidays_file (env LIVECHAIN_MARKET__HOLIDAYS_FILE): {exc}") from None
+        raise ConfigError(f"market.holidays_file (env LIVECHAIN_MARKET__HOLIDAYS_FILE) {source}: {exc}") from None
     try:
-        return MarketCalendar(m.open_time, m.close_time, holidays)
+        calendar = MarketCalendar(m.open_time, m.close_time, holidays)
     except ValueError as exc:
         raise ConfigError(f"market: {exc}") from None
+    year = ist_now(clock).year
+    if not calendar.covers_year(year):
+        log.warning(
+            "NSE holiday calendar has no dates for %d: every weekday is treated as a session; "
+            "add that year's holidays to %s (or set market.holidays_file)", year, source,
+        )
+    return calendar
 
 
 def _token_from_file(path: Path) -> str:
@@ -107,9 +104,11 @@ def dhan_credentials(settings: Settings) -> Credentials:
     return Credentials(client_id, from_env, token_source="DHAN_ACCESS_TOKEN")
 
 
-async def open_endpoint(settings: Settings, stack: contextlib.AsyncExitStack) -> FeedEndpoint:
+async def open_endpoint(
+    settings: Settings, stack: contextlib.AsyncExitStack, clock: Clock = SYSTEM_CLOCK
+) -> FeedEndpoint:
     """Start what the feed kind needs (simulator or replay server) on ``stack``."""
-    calendar = market_calendar(settings)
+    calendar = market_calendar(settings, clock)
     kind = settings.feed.kind
     if kind == "simulator":
         sim = settings.simulator
@@ -119,7 +118,7 @@ async def open_endpoint(settings: Settings, stack: contextlib.AsyncExitStack) ->
                 f"instruments.underlyings {sorted(missing)} are not simulated; "
                 f"simulator.underlyings = {list(sim.underlyings)}"
             )
-        server = await stack.enter_async_context(SimulatorServer(simulator_config(sim), host=sim.host, port=sim.port))
+        server = await stack.enter_async_context(SimulatorServer(sim, clock=clock.time))
         log.info("embedded simulator listening on %s", server.feed_url)
         credentials = Credentials(SIMULATOR_CLIENT_ID, lambda: SIMULATOR_TOKEN, token_source="simulator")
         source = settings.instruments.source or server.scrip_master_url
@@ -140,24 +139,15 @@ async def open_endpoint(settings: Settings, stack: contextlib.AsyncExitStack) ->
     )
 
 
-def build_feed(settings: Settings, skeleton: ChainSkeleton, endpoint: FeedEndpoint) -> DhanFeed:
-    f = settings.feed
-    config = DhanFeedConfig(
-        url=endpoint.url,
-        open_timeout_s=f.open_timeout_s,
-        ping_interval_s=f.ping_interval_s,
-        ping_timeout_s=f.ping_timeout_s,
-        close_timeout_s=f.close_timeout_s,
-        reconnect_initial_s=f.reconnect_initial_s,
-        reconnect_max_s=f.reconnect_max_s,
-        healthy_after_s=f.healthy_after_s,
-        stall_timeout_s=f.stall_timeout_s,
-        rate_limit_cooloff_s=f.rate_limit_cooloff_s,
-        too_many_connections_backoff_s=f.too_many_connections_backoff_s,
-    )
+def build_feed(
+    settings: Settings, skeleton: ChainSkeleton, endpoint: FeedEndpoint, clock: Clock = SYSTEM_CLOCK
+) -> DhanFeed:
+    # feed.* is the client's config (FeedSettings extends DhanFeedConfig); only the URL is the endpoint's.
+    config = settings.feed.model_copy(update={"url": endpoint.url})
     try:
         return DhanFeed(
-            config, endpoint.credentials, subscriptions_for(settings, skeleton), is_market_open=endpoint.calendar.is_open
+            config, endpoint.credentials, subscriptions_for(settings, skeleton), is_market_open=endpoint.calendar.is_open,
+            clock=clock,
         )
     except SubscriptionError as exc:
         raise ConfigError(str(exc)) from exc
@@ -191,4 +181,4 @@ async def simulate(sim: SimulatorSettings, *, host: str | None, port: int | None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     port = port if port is not None else (sim.port or SIMULATE_DEFAULT_PORT)
-    await serve_forever(simulator_config(sim), host or sim.host, port, stop, faults)
+    await serve_forever(sim, host or sim.host, port, stop, faults)

@@ -7,6 +7,7 @@ handlers serve both. Errors are JSON ``{"error": {"code", "message"}}`` with a 4
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-from feeds.model import IST
 from service.core.chains import ChainSource
 from service.core.health import Health
 from service.core.lifecycle import Lifecycle
+from service.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
-def _today_ist() -> dt.date:
-    return dt.datetime.now(IST).date()
-
-
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
@@ -79,8 +76,7 @@ async def options_live(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "unknown_underlying", f"underlying {underlying!r} is not served; see /options/underlyings")
     raw_expiry = request.query.get("expiry")
     if raw_expiry is None or raw_expiry == "":
-        today = _today_ist()
-        expiry = next((e for e in expiries if e >= today), None)
+        expiry = chains.nearest_expiry(underlying)
         if expiry is None:
             raise ApiError(404, "no_expiry", f"{underlying} has no unexpired expiry loaded")
     else:
@@ -185,3 +181,20 @@ def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+async def serve_http(app: web.Application, settings: HttpSettings, stack: contextlib.AsyncExitStack,
+                     lifecycle: Lifecycle) -> int:  # fmt: skip
+    """Bind ``app`` on ``http.host``/``http.port`` and return the bound port; the primary and the
+    replica both open their port through here, once they have something to serve.
+
+    Teardown is pushed on ``stack``: the lifecycle says "stopping" (so /readyz answers 503)
+    before the port closes, and in-flight requests get ``shutdown_timeout_s``.
+    """
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    stack.callback(lifecycle.stopping)
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    return runner.addresses[0][1]

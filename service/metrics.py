@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.dhan.packets import (
     DisconnectPacket,
     FullPacket,
@@ -52,6 +53,7 @@ from service.core.lifecycle import Phase
 
 if TYPE_CHECKING:
     from service.core.ingest import Ingest
+    from service.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +162,18 @@ class HttpMetrics:
 class LivechainCollector(Collector):
     """Reads the service's plain counters and state at scrape time."""
 
-    def __init__(self, health: Health, http: HttpMetrics, ingest_latency: Histogram, clock: Callable[[], float]) -> None:
+    def __init__(self, health: Health, http: HttpMetrics, ingest_latency: Histogram, clock: Clock) -> None:
         self.health = health
         self.http = http
         self.ingest_latency = ingest_latency
         self.ingest: Ingest | None = None
         self.analytics: object | None = None  # service.analytics.runner.AnalyticsRunner
         self.seeder: object | None = None  # service.analytics.rest_seed.RestSeeder
+        self.tasks: Supervisor | None = None
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        now = self._clock()
+        now = self._clock.time()
         yield from self._health()
         feed = self.health.feed
         if feed is not None:
@@ -186,6 +189,22 @@ class LivechainCollector(Collector):
             yield from self._analytics(self.analytics)
         if self.seeder is not None:
             yield from self._rest(self.seeder)
+        if self.tasks is not None:
+            yield from self._tasks(self.tasks)
+
+    def _tasks(self, supervisor: Supervisor) -> Iterator[Metric]:
+        crashes = CounterMetricFamily(
+            PREFIX + "task_crashes_total", "Background task crashes (errors, or returns while not asked to stop)",
+            labels=["task"],
+        )
+        restarts = CounterMetricFamily(PREFIX + "task_restarts_total", "Background tasks restarted after a crash",
+                                       labels=["task"])  # fmt: skip
+        for name, n in supervisor.crashes.items():
+            crashes.add_metric([name], n)
+        for name, n in supervisor.restarts.items():
+            restarts.add_metric([name], n)
+        yield crashes
+        yield restarts
 
     def _analytics(self, runner: object) -> Iterator[Metric]:
         stats = runner.stats  # type: ignore[attr-defined]
@@ -390,7 +409,7 @@ _MIRROR_FIELDS = (
 class Metrics:
     """The registry and what feeds it; ``render()`` is one scrape."""
 
-    def __init__(self, health: Health, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, health: Health, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.http = HttpMetrics()
         self.ingest_latency = Histogram(INGEST_LATENCY_BUCKETS_S)
@@ -401,6 +420,10 @@ class Metrics:
 
     def attach_ingest(self, ingest: Ingest) -> None:
         self.collector.ingest = ingest
+
+    def attach_tasks(self, supervisor: Supervisor) -> None:
+        """``livechain_task_{crashes,restarts}_total`` from a ``service.tasks.Supervisor``'s counts."""
+        self.collector.tasks = supervisor
 
     def attach_analytics(self, runner: object | None, seeder: object | None = None) -> None:
         self.collector.analytics = runner

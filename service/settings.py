@@ -1,4 +1,10 @@
-"""The settings tree: defaults < TOML file (config/) < ``LIVECHAIN_*`` environment variables.
+"""The settings tree: defaults < TOML file < ``LIVECHAIN_*`` environment variables.
+
+The TOML file is ``--config`` / ``LIVECHAIN_CONFIG`` when given, else the defaults shipped in
+the package (``service/defaults/livechain.toml``, equal to the models' defaults), never a file
+found in the working directory. A relative path in a TOML file is relative to that file.
+Sections owned by ``feeds`` are declared there once: ``FeedSettings`` extends the client's
+``DhanFeedConfig`` with the service's keys, ``SimulatorSettings`` is ``SimulatorConfig``.
 
 Nested keys use ``__`` in the environment: ``LIVECHAIN_HTTP__PORT=9000`` sets ``http.port``.
 Every model is frozen and forbids unknown keys, so a typo stops startup naming the key.
@@ -11,16 +17,22 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+import types
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from feeds.dhan.client import DhanFeedConfig
+from feeds.simulator.config import SimulatorConfig
 from service.errors import ConfigError
 
 ENV_PREFIX = "LIVECHAIN_"
-DEFAULT_CONFIG = Path("config/livechain.toml")
+# The packaged defaults, read when no settings file is named (not a path in the working directory).
+DEFAULT_CONFIG: Traversable = files("service").joinpath("defaults", "livechain.toml")
 DHAN_SCRIP_MASTER_URL = "https://images.dhan.co/api-data/api-scrip-master-detailed.csv"
 
 
@@ -28,22 +40,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeedSettings(_Section):
+class FeedSettings(DhanFeedConfig):
+    """The Dhan client's own settings (url, timeouts, backoff: declared in ``DhanFeedConfig``)
+    plus the service's choices about where the feed comes from."""
+
     # simulator: the embedded Dhan simulator; dhan: Dhan's live feed; replay: a recording.
     kind: Literal["simulator", "dhan", "replay"] = "simulator"
-    url: str = "wss://api-feed.dhan.co"
     index_mode: Literal["ticker", "quote"] = "quote"
-    open_timeout_s: float = Field(10.0, gt=0)
-    ping_interval_s: float = Field(20.0, gt=0)
-    ping_timeout_s: float = Field(20.0, gt=0)
-    close_timeout_s: float = Field(2.0, gt=0)
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    healthy_after_s: float = Field(30.0, gt=0)
-    # Silence this long while the market is open means the socket is dead: reconnect.
-    stall_timeout_s: float = Field(30.0, gt=0)
-    rate_limit_cooloff_s: float = Field(60.0, ge=60)  # after HTTP 429 on the handshake (Dhan: ≥ 60 s)
-    too_many_connections_backoff_s: float = Field(120.0, ge=30)  # after disconnect reason 805
     # Read the access token from this file at every connect instead of DHAN_ACCESS_TOKEN, so
     # a token refreshed overnight (or after an 807) is picked up without a restart.
     token_file: Path | None = None
@@ -56,15 +59,6 @@ class FeedSettings(_Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
-
-    @field_validator("url")
-    @classmethod
-    def _websocket_url(cls, v: str) -> str:
-        if not v.startswith(("ws://", "wss://")):
-            raise ValueError("must start with ws:// or wss://")
-        if "?" in v:
-            raise ValueError("must not carry a query string: token and client id are added by the client")
-        return v
 
 
 class InstrumentsSettings(_Section):
@@ -105,15 +99,8 @@ class CacheSettings(_Section):
     stale_after_s: float = Field(30.0, gt=0)
 
 
-class SimulatorSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535)  # 0: a free port, for the embedded simulator
-    seed: int = 7
-    underlyings: tuple[str, ...] = ("NIFTY", "BANKNIFTY", "FINNIFTY")
-    expiries: int = Field(3, ge=1, le=20)
-    strikes_per_side: int = Field(20, ge=1, le=200)
-    tick_interval_s: float = Field(0.05, gt=0)
-    trades_per_step: int = Field(30, ge=0)
+# The [simulator] section is the simulator's own config (host, port, seed, universe, market model).
+SimulatorSettings = SimulatorConfig
 
 
 class MarketSettings(_Section):
@@ -121,7 +108,15 @@ class MarketSettings(_Section):
     schedule: Literal["auto", "nse", "always_open", "never_open"] = "auto"
     open_time: dt.time = dt.time(9, 15)
     close_time: dt.time = dt.time(15, 30)
-    holidays_file: Path = Path("config/nse-holidays.toml")
+    # None: the NSE calendar shipped with livechain (feeds/calendars/nse-holidays.toml).
+    holidays_file: Path | None = None
+
+    @field_validator("holidays_file")
+    @classmethod
+    def _existing_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
 
 
 class RecordSettings(_Section):
@@ -154,6 +149,9 @@ class RedisSettings(_Section):
     reconnect_initial_s: float = Field(0.2, gt=0)  # backoff: exponential, full jitter, capped
     reconnect_max_s: float = Field(5.0, gt=0)  # a PING to a dead Redis is cheap: recover soon after it is back
     replica_block_s: float = Field(1.0, gt=0)  # a replica's XREAD BLOCK
+    # At least this often, changes or not, the mirror checks that Redis still holds its run and
+    # rewrites the full state when it does not (restarted empty, FLUSHALL, failover).
+    verify_interval_s: float = Field(1.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -256,26 +254,62 @@ def _describe(exc: ValidationError, *, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _is_path_type(annotation: Any) -> bool:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return Path in get_args(annotation)
+    return annotation is Path
+
+
+def _file_path_keys() -> list[tuple[str, str]]:
+    """(section, key) of every setting that names a file: the Path-typed ones and
+    ``instruments.source`` (a path or a URL)."""
+    keys = [
+        (section, key)
+        for section, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        for key, sub in field.annotation.model_fields.items()
+        if _is_path_type(sub.annotation)
+    ]
+    return [*keys, ("instruments", "source")]
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A relative path given in a TOML file is relative to the file's directory, not to
+    wherever the process was started."""
+    out = dict(data)
+    for section, key in _file_path_keys():
+        table = out.get(section)
+        if not isinstance(table, dict) or not isinstance(value := table.get(key), str) or "://" in value:
+            continue
+        if value and not Path(value).is_absolute():
+            out[section] = {**table, key: str(base / value)}
+    return out
+
+
 def load_settings(config_path: Path | None = None) -> Settings:
-    """Read the TOML file (explicit path, ``LIVECHAIN_CONFIG``, or config/livechain.toml if present)
+    """Read the TOML file (``config_path``, else ``LIVECHAIN_CONFIG``, else the packaged defaults)
     and apply the ``LIVECHAIN_*`` environment over it."""
     env_path = os.environ.get("LIVECHAIN_CONFIG")
     path = config_path or (Path(env_path) if env_path else None)
-    data: dict[str, Any] = {}
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    if path is not None:
+    if path is None:
+        origin = f"packaged defaults {DEFAULT_CONFIG}"
+        data = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    else:
+        named_by = "--config" if config_path else "LIVECHAIN_CONFIG"
+        origin = str(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+            raise ConfigError(f"config file not found: {path} (named by {named_by})") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} (named by {named_by}) cannot be read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    origin = f"{path or 'defaults'} + {ENV_PREFIX}* environment"
+        data = _resolve_relative_paths(data, path.absolute().parent)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin=origin)) from None
+        raise ConfigError(_describe(exc, origin=f"{origin} + {ENV_PREFIX}* environment")) from None
 
 
 def load_dhan_credentials() -> DhanCredentials:

@@ -8,6 +8,7 @@ rather than skip: a test that cannot run cannot fail either.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -45,7 +46,8 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self._proc = await asyncio.create_subprocess_exec(
-            "redis-server", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            "redis-server", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=real_time_environ(),
         )
         client = Redis.from_url(self.url)
         try:
@@ -76,6 +78,15 @@ class RedisServer:
 
     def client(self) -> Redis:
         return Redis.from_url(self.url)
+
+
+def real_time_environ() -> dict[str, str]:
+    """This environment without libfaketime: under ``make test-future`` the suite runs with its
+    clock moved ahead, and redis-server (like any real server the tests talk to) keeps real time."""
+    return {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("FAKETIME") and not (k == "LD_PRELOAD" and "faketime" in v)
+    }
 
 
 def require_redis_server() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import orjson
 
+from feeds.calendar import MarketCalendar
+from feeds.clock import ManualClock, ist_instant
 from feeds.model import ChainSkeleton, OpenInterestTick, TradeTick
-from service.core.cache import ChainCache
+from service.core.cache import Chain, ChainCache
+from service.core.freshness import Freshness
 from service.core.snapshot import render
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 
@@ -73,31 +78,56 @@ def test_coverage_counts_each_instrument_once(skeleton: ChainSkeleton) -> None:
     assert cache.coverage == 1.0 and cache.missing_by_underlying() == {}
 
 
+def _is_stale(freshness: Freshness, chain: Chain) -> bool:
+    return freshness.is_stale(chain.stale_legs, chain.updated_at)
+
+
 def test_mark_stale_until_fresh_data(skeleton: ChainSkeleton) -> None:
     """Lost instruments make their chain stale until every one of them has new data."""
-    cache = ChainCache(skeleton, clock=lambda: NOW)
+    clock = ManualClock(NOW)
+    cache = ChainCache(skeleton, clock=clock)
+    freshness = Freshness(30.0, MarketCalendar(always_open=True), clock)
     chain = _first_chain(cache)
     legs = [leg for row in chain.rows for leg in row[1:]]
     cache.apply([full_tick(leg.key) for leg in legs] + [index_tick(chain.index.key)])
-    assert not cache.is_stale(chain, 30.0)
+    assert not _is_stale(freshness, chain)
     version = chain.version
     cache.mark_stale([legs[0].key, legs[1].key])
-    assert cache.is_stale(chain, 30.0) and chain.version > version
+    assert _is_stale(freshness, chain) and chain.version > version
     cache.apply([full_tick(legs[0].key)])
-    assert cache.is_stale(chain, 30.0)
+    assert _is_stale(freshness, chain)
     cache.apply([full_tick(legs[1].key)])
-    assert not cache.is_stale(chain, 30.0)
+    assert not _is_stale(freshness, chain)
 
 
-def test_chain_without_recent_updates_is_stale(skeleton: ChainSkeleton) -> None:
-    """No update for longer than stale_after_s makes the chain stale."""
-    now = [NOW]
-    cache = ChainCache(skeleton, clock=lambda: now[0])
+def test_chain_without_recent_updates_is_stale_only_while_open(skeleton: ChainSkeleton) -> None:
+    """No update for longer than stale_after_s makes the chain stale while the market is open;
+    after the close the same quiet chain is not stale."""
+    tuesday_11am = ist_instant(dt.date(2026, 11, 17), dt.time(11, 0))
+    clock = ManualClock(tuesday_11am)
+    cache = ChainCache(skeleton, clock=clock)
+    freshness = Freshness(30.0, MarketCalendar(), clock)
     chain = _first_chain(cache)
-    cache.apply([full_tick(chain.rows[0][1].key)])
-    assert not cache.is_stale(chain, 30.0)
-    now[0] += 31
-    assert cache.is_stale(chain, 30.0)
+    cache.apply([full_tick(chain.rows[0][1].key, received_at=tuesday_11am)])
+    assert not _is_stale(freshness, chain)
+    clock.advance(31)
+    assert _is_stale(freshness, chain)
+    clock.set(ist_instant(dt.date(2026, 11, 17), dt.time(16, 0)))
+    assert not _is_stale(freshness, chain)
+
+
+def test_nearest_expiry_ends_at_the_session_close(skeleton: ChainSkeleton) -> None:
+    """An expiry is the nearest until its day's close (market.close_time), then the next one is."""
+    expiries = ChainCache(skeleton).expiries["NIFTY"]
+    clock = ManualClock(ist_instant(expiries[0], dt.time(15, 29)))
+    freshness = Freshness(30.0, MarketCalendar(), clock)
+    assert freshness.nearest_expiry(expiries) == expiries[0]
+    clock.advance(60)
+    assert freshness.nearest_expiry(expiries) == expiries[1]
+    late_close = Freshness(30.0, MarketCalendar(close_time=dt.time(17, 0)), clock)
+    assert late_close.nearest_expiry(expiries) == expiries[0]
+    clock.set(ist_instant(expiries[-1], dt.time(18, 0)))
+    assert freshness.nearest_expiry(expiries) is None
 
 
 def test_render_nulls_for_never_received_values(skeleton: ChainSkeleton) -> None:

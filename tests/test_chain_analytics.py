@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from feeds.clock import ManualClock
 from feeds.model import ChainSkeleton, OpenInterestTick, QuoteTick
 from service.analytics.compute import (
     AnalyticsParams,
@@ -39,7 +40,7 @@ EXPIRY = dt.date(2026, 11, 24)
 
 @pytest.fixture
 def cache(skeleton: ChainSkeleton) -> ChainCache:
-    return ChainCache(skeleton, clock=lambda: NOW)
+    return ChainCache(skeleton, clock=ManualClock(NOW))
 
 
 def near(cache: ChainCache) -> Chain:
@@ -273,7 +274,7 @@ def test_the_body_carries_chain_and_leg_analytics(cache: ChainCache) -> None:
 
 
 def test_runner_recomputes_only_chains_that_changed(cache: ChainCache) -> None:
-    runner = AnalyticsRunner(cache, AnalyticsSettings(rate=R), clock=lambda: NOW)
+    runner = AnalyticsRunner(cache, AnalyticsSettings(rate=R), clock=ManualClock(NOW))
     assert runner.run_once() == 2  # both expiries, first time
     assert runner.run_once() == 0  # nothing changed: nothing recomputed
     chain = near(cache)

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import free_port, hermetic_environ
 
 UNIT_S = 10.0  # process start-up on a busy 2-core machine takes a few seconds
 SIM = dict(underlyings=("NIFTY",), expiries=1, strikes_per_side=3)
+LIVECHAIN = Path(sys.executable).with_name("livechain")  # the console script installed next to this Python
 
 
 def _env(**overrides: str) -> dict[str, str]:
@@ -37,11 +39,36 @@ def _dhan_env(sim: SimulatorServer, **overrides: str) -> dict[str, str]:
     )
 
 
-async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def _spawn(
+    env: dict[str, str], *args: str, cwd: Path | None = None, script: bool = False
+) -> asyncio.subprocess.Process:
+    """``python -m service run`` (or ``args``); with ``script``, the installed ``livechain`` command."""
+    command = (str(LIVECHAIN),) if script else (sys.executable, "-m", "service")
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "run", env=env,
+        *command, *(args or ("run",)), env=env, cwd=cwd,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def _serves_nifty_then_exits_0_on_sigterm(proc: asyncio.subprocess.Process, port: int) -> None:
+    """The process opens its port with NIFTY's chain, then stops with exit 0 on SIGTERM."""
+    seen: list[str] = []
+    try:
+        await _wait_for_line(proc, "serving http://", seen)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UNIT_S)) as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 200, await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/options/live?underlying=NIFTY") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["underlying"] == "NIFTY"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(UNIT_S):
+            rest = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            assert await proc.wait() == 0, "".join(seen) + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def _wait_for_line(proc: asyncio.subprocess.Process, needle: str, seen: list[str]) -> None:
@@ -201,3 +228,47 @@ async def test_record_then_replay_from_the_command_line(tmp_path) -> None:  # no
         if replay.returncode is None:
             replay.kill()
             await replay.wait()
+
+
+# --------------------------------------------------------------------------- a self-contained install
+
+
+async def test_installed_script_runs_on_the_simulator_from_any_directory(tmp_path: Path) -> None:
+    """`livechain run` started outside the repository reads its packaged defaults and serves the simulator."""
+    port = free_port()
+    proc = await _spawn(_env(LIVECHAIN_HTTP__PORT=str(port)), cwd=tmp_path, script=True)
+    await _serves_nifty_then_exits_0_on_sigterm(proc, port)
+
+
+async def test_installed_script_runs_on_dhan_from_any_directory(sim: SimulatorServer, tmp_path: Path) -> None:
+    """feed.kind=dhan outside the repository finds the packaged NSE calendar, reaches readiness, stops on SIGTERM."""
+    env = _dhan_env(sim)
+    proc = await _spawn(env, cwd=tmp_path, script=True)
+    await _serves_nifty_then_exits_0_on_sigterm(proc, int(env["LIVECHAIN_HTTP__PORT"]))
+    assert sim.stats.connections_accepted >= 1
+
+
+@pytest.mark.parametrize("via", ["--config", "LIVECHAIN_CONFIG"])
+async def test_missing_config_file_exits_2_naming_it(tmp_path: Path, via: str) -> None:
+    """A settings file named by --config or LIVECHAIN_CONFIG that does not exist: exit 2 naming the file."""
+    absent = tmp_path / "absent.toml"
+    if via == "--config":
+        proc = await _spawn(_env(), "run", "--config", str(absent), cwd=tmp_path, script=True)
+    else:
+        proc = await _spawn(_env(LIVECHAIN_CONFIG=str(absent)), cwd=tmp_path, script=True)
+    async with asyncio.timeout(UNIT_S):
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 2, err
+    assert f"config file not found: {absent}" in err and via in err
+
+
+async def test_missing_holidays_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """A configured holiday file that does not exist (relative to its TOML) stops startup with exit 2."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "livechain.toml").write_text('[market]\nholidays_file = "nse-holidays.toml"\n')
+    proc = await _spawn(_env(), "run", "--config", str(conf / "livechain.toml"), cwd=tmp_path, script=True)
+    async with asyncio.timeout(UNIT_S):
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert await proc.wait() == 2, err
+    assert "market.holidays_file" in err and str(conf / "nse-holidays.toml") in err

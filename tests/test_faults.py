@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+from pydantic import Field
 
 from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig
 from feeds.dhan.packets import FeedMode
@@ -21,7 +22,7 @@ from service.core.cache import ChainCache
 from service.feed_source import subscriptions_for
 from service.core.ingest import Ingest
 from service.core.lifecycle import Lifecycle, Phase
-from tests.test_service import SIM, assert_cache_matches_simulator, quiesce, settings_for, until
+from tests.test_service import SIM, assert_cache_matches_simulator, get_json, quiesce, settings_for, until
 
 pytestmark = pytest.mark.usefixtures("dhan_env")
 
@@ -40,7 +41,11 @@ async def test_silent_socket_is_detected_and_replaced(sim: SimulatorServer) -> N
         conn = svc.feed.connections[0]
         sim.silence()
         await until(lambda: conn.stats.disconnects_by_reason.get("stall", 0) >= 1)
-        assert svc.lifecycle.phase is Phase.DEGRADED or conn.stats.connected
+        # Still silent: whatever the socket's state now, the user is told the data is stale.
+        assert all(svc.cache.legs[key].stale for key in conn.keys)
+        status, body = await get_json(svc.http_port, "/options/live", underlying="NIFTY")
+        assert status == 200 and body["stale"] is True
+        assert all(row[side]["stale"] for row in body["strikes"] for side in ("ce", "pe") if row[side])
         sim.silence(False)
         await until(lambda: conn.stats.connected and svc.lifecycle.phase is Phase.READY)
         await quiesce(sim, svc)
@@ -118,12 +123,19 @@ async def test_token_expired_without_a_new_token_stops_clearly(sim: SimulatorSer
                 await svc.feed_task
 
 
+class _ShortWaits(DhanFeedConfig):
+    """The client's config without Dhan's floors (≥ 60 s after a 429, ≥ 30 s after an 805)."""
+
+    rate_limit_cooloff_s: float = Field(60.0, gt=0)
+    too_many_connections_backoff_s: float = Field(120.0, gt=0)
+
+
 def _feed_for(sim: SimulatorServer, settings_overrides: dict | None = None, **config: float) -> tuple[DhanFeed, Ingest]:
     settings = settings_for(sim)
     cache = ChainCache(sim.universe.skeleton.limit_expiries(settings.instruments.max_expiries))
     subs = subscriptions_for(settings, sim.universe.skeleton.limit_expiries(settings.instruments.max_expiries))
     feed = DhanFeed(
-        DhanFeedConfig(url=sim.feed_url, reconnect_initial_s=0.05, reconnect_max_s=0.1, **config),
+        _ShortWaits(url=sim.feed_url, reconnect_initial_s=0.05, reconnect_max_s=0.1, **config),
         Credentials("1000000001", lambda: "eyJ-token"),
         subs,
     )

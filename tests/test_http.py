@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from feeds.calendar import MarketCalendar
+from feeds.clock import ManualClock, ist_instant
 from feeds.model import ChainSkeleton
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
+from service.core.freshness import Freshness
 from service.http import HttpContext, make_app
 from service.core.lifecycle import Lifecycle, Phase
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
@@ -28,8 +31,13 @@ CHAIN_ANALYTICS_FIELDS = {
 
 
 @pytest.fixture
-def cache(skeleton: ChainSkeleton) -> ChainCache:
-    cache = ChainCache(skeleton, clock=lambda: NOW)
+def clock() -> ManualClock:
+    return ManualClock(NOW)
+
+
+@pytest.fixture
+def cache(skeleton: ChainSkeleton, clock: ManualClock) -> ChainCache:
+    cache = ChainCache(skeleton, clock=clock)
     ticks = [index_tick(cache.index_keys["NIFTY"])]
     for key, leg in cache.legs.items():
         if leg.contract is not None:
@@ -47,8 +55,9 @@ def lifecycle() -> Lifecycle:
 
 
 @pytest.fixture
-async def client(cache: ChainCache, lifecycle: Lifecycle) -> AsyncIterator[TestClient]:
-    app = make_app(HttpContext(CacheChains(cache, 30.0), lifecycle, ("http://dash.example",)))
+async def client(cache: ChainCache, lifecycle: Lifecycle, clock: ManualClock) -> AsyncIterator[TestClient]:
+    freshness = Freshness(30.0, MarketCalendar(always_open=True), clock)
+    app = make_app(HttpContext(CacheChains(cache, freshness), lifecycle, ("http://dash.example",)))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -86,13 +95,22 @@ async def test_live_chain_contract(client: TestClient, cache: ChainCache) -> Non
     assert [ce[k] for k in ("iv", "delta", "gamma", "theta", "vega", "iv_source")] == [None] * 6
 
 
-async def test_expiry_defaults_to_nearest(client: TestClient, cache: ChainCache) -> None:
-    """Without expiry the nearest unexpired one is served; lowercase symbols are accepted."""
-    resp = await client.get("/options/live", params={"underlying": "nifty"})
-    assert resp.status == 200
-    body = await resp.json()
-    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=5, minutes=30))).date()
-    assert body["expiry"] == min(e for e in _expiries(cache) if e >= today).isoformat()
+async def test_expiry_defaults_to_nearest(client: TestClient, cache: ChainCache, clock: ManualClock) -> None:
+    """Without expiry the nearest one not yet ended (at its day's close) is served, by the injected
+    clock; lowercase symbols are accepted; with every expiry ended, a 404 says so."""
+    first, second = _expiries(cache)
+    for now, expected in (
+        (ist_instant(first, dt.time(15, 29)), first),
+        (ist_instant(first, dt.time(15, 30)), second),
+        (ist_instant(second, dt.time(9, 0)), second),
+    ):
+        clock.set(now)
+        resp = await client.get("/options/live", params={"underlying": "nifty"})
+        assert resp.status == 200
+        assert (await resp.json())["expiry"] == expected.isoformat()
+    clock.set(ist_instant(second, dt.time(15, 30)))
+    resp = await client.get("/options/live", params={"underlying": "NIFTY"})
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "no_expiry"
 
 
 async def test_if_none_match_gives_304_until_the_chain_changes(client: TestClient, cache: ChainCache) -> None:

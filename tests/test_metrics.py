@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from feeds.clock import ManualClock
 from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig
 from feeds.dhan.packets import ResponseCode
 from feeds.model import ChainSkeleton
@@ -256,7 +257,7 @@ def test_health_checks_each_part(skeleton: ChainSkeleton) -> None:
     lifecycle = Lifecycle()
     cache = ChainCache(skeleton)
     feed = _unrun_feed(skeleton, market_open=True)
-    health = Health(lifecycle, stale_after_s=30.0, cache=cache, feed=feed, clock=lambda: now)
+    health = Health(lifecycle, stale_after_s=30.0, cache=cache, feed=feed, clock=ManualClock(now))
     conn = feed.connections[0].stats
     assert health.report().status == "starting" and health.report().checks["feed_connections"] is False
     lifecycle.to(Phase.WARMING, "waiting")

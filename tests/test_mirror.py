@@ -34,10 +34,10 @@ from service.redis.layout import (
 )
 from service.settings import RedisSettings
 from service.core.snapshot import leg_json
+from tests.helpers import UNIT_S, until
 from tests.conftest import NOW, TODAY, free_port, full_tick, index_tick, prev_close_tick
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 
-UNIT_S = 5.0  # the unit every wait in this file is a multiple of
 
 
 def redis_settings(url: str, **overrides: Any) -> RedisSettings:
@@ -54,12 +54,6 @@ def wide_skeleton() -> ChainSkeleton:
     """Two underlyings, two expiries each: index changes must reach every chain of theirs only."""
     config = SimulatorConfig(underlyings=("NIFTY", "BANKNIFTY"), expiries=2, strikes_per_side=4, today=TODAY)
     return build_universe(config, TODAY).skeleton
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 2 * UNIT_S) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def written(mirror: RedisMirror) -> None:

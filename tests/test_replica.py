@@ -15,6 +15,9 @@ import orjson
 import pytest
 
 from feeds.model import ChainSkeleton
+from feeds.calendar import MarketCalendar
+from feeds.clock import SYSTEM_CLOCK, Clock
+from service.core.freshness import Freshness
 from service.app import RunningService, running_service
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
@@ -24,11 +27,11 @@ from service.redis.mirror import RedisMirror
 from service.redis.layout import STREAM_KEY, parse_change
 from service.redis.replica import ReplicaFollower, ReplicaStore, RunningReplica, running_replica
 from service.settings import Settings
+from tests.helpers import UNIT_S, until
 from tests.conftest import NOW, free_port, full_tick
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.test_mirror import assert_redis_equals_cache, redis_settings
 
-UNIT_S = 5.0  # the unit every wait in this file is a multiple of
 SIM = dict(underlyings=["NIFTY"], expiries=2, strikes_per_side=5, tick_interval_s=0.02, trades_per_step=10)
 
 
@@ -59,12 +62,6 @@ def replica_settings(url: str, **sections: dict) -> Settings:
     return Settings(**base)
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 2 * UNIT_S) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 async def get(port: int, path: str, **params: str) -> tuple[int, bytes, dict[str, str]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UNIT_S)) as http:
         async with http.get(f"http://127.0.0.1:{port}{path}", params=params) as resp:
@@ -85,6 +82,8 @@ async def frozen(svc: RunningService) -> None:
 
 def caught_up(svc: RunningService, rep: RunningReplica) -> Callable[[], bool]:
     def check() -> bool:
+        if not rep.store.following:  # what it holds is unconfirmed (reported stale) until it follows again
+            return False
         for (u, e), chain in svc.cache.chains.items():
             snap = rep.store.snapshot(u, e)
             if snap is None or snap.version != chain.version:
@@ -107,8 +106,13 @@ async def assert_same_bytes(svc: RunningService, rep: RunningReplica) -> None:
 
 
 @contextlib.asynccontextmanager
-async def primary_and_replica(url: str, **primary: dict) -> AsyncIterator[tuple[RunningService, RunningReplica]]:
-    async with running_service(primary_settings(url, **primary)) as svc, running_replica(replica_settings(url)) as rep:
+async def primary_and_replica(
+    url: str, clock: Clock = SYSTEM_CLOCK, **primary: dict
+) -> AsyncIterator[tuple[RunningService, RunningReplica]]:
+    async with (
+        running_service(primary_settings(url, **primary), clock=clock) as svc,
+        running_replica(replica_settings(url), clock=clock) as rep,
+    ):
         yield svc, rep
 
 
@@ -221,8 +225,9 @@ async def test_a_gap_a_new_run_or_garbage_in_the_stream_makes_the_replica_reload
 ) -> None:
     """An entry that skips seq (trimmed unread), comes from another run or is unreadable is not applied: reload."""
     cache = ChainCache(skeleton)
-    primary = CacheChains(cache, 30.0)
-    store = ReplicaStore(30.0)
+    freshness = Freshness(30.0, MarketCalendar(always_open=True))
+    primary = CacheChains(cache, freshness)
+    store = ReplicaStore(freshness)
     lifecycle = Lifecycle()
     lifecycle.to(Phase.WARMING, "test")
     async with RedisMirror(cache, redis_settings(redis_server.url)) as mirror, ReplicaFollower(

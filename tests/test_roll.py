@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from feeds.calendar import MarketCalendar
+from feeds.clock import ShiftedClock, ist_instant
 from feeds.dhan.packets import FeedMode
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.server import SimulatorServer
@@ -37,14 +38,19 @@ def test_live_skeleton_drops_expiries_at_1530_ist() -> None:
     assert [e.expiry for e in after.underlyings["NIFTY"].expiries] == [second, third]
 
 
+MONDAY_11AM = ist_instant(dt.date(2026, 11, 23), dt.time(11, 0))  # NIFTY's weekly expiry is the next day
+
+
 async def test_roll_moves_chains_subscriptions_and_http() -> None:
     """After the first expiry ends, its chain is gone everywhere and the third expiry streams."""
-    async with SimulatorServer(SimulatorConfig(**SIM3)) as sim:
-        async with running_service(settings_for(sim)) as svc:
+    clock = ShiftedClock(MONDAY_11AM)
+    async with SimulatorServer(SimulatorConfig(**SIM3), clock=clock.time) as sim:
+        async with running_service(settings_for(sim), clock=clock) as svc:
             expiries = [e.expiry for e in sim.universe.skeleton.underlyings["NIFTY"].expiries]
             assert svc.cache.expiries["NIFTY"] == expiries[:2]
             roller = svc.roller
-            roller.clock = lambda: _close(expiries[0]) + 60
+            assert await roller.roll_once() is False  # nothing has ended yet
+            clock.set(_close(expiries[0]) + 60)
             unsubscribes = sim.stats.unsubscribe_requests[FeedMode.FULL]
             assert await roller.roll_once() is True
             assert svc.cache.expiries["NIFTY"] == expiries[1:]
@@ -66,23 +72,24 @@ async def test_roll_moves_chains_subscriptions_and_http() -> None:
 
 async def test_roll_rewrites_redis(redis_server: RedisServer) -> None:  # noqa: F811
     """The mirror drops the expired chain's keys and writes the new one under a new run."""
-    from service.redis.layout import CATALOG_KEY, chain_id, legs_key
+    from service.redis.layout import CATALOG_KEY, Catalog, chain_id, legs_key
 
-    async with SimulatorServer(SimulatorConfig(**SIM3)) as sim:
+    clock = ShiftedClock(MONDAY_11AM)
+    async with SimulatorServer(SimulatorConfig(**SIM3), clock=clock.time) as sim:
         settings = settings_for(sim, redis={"enabled": True, "url": redis_server.url})
-        async with running_service(settings) as svc:
+        async with running_service(settings, clock=clock) as svc:
             expiries = [e.expiry for e in sim.universe.skeleton.underlyings["NIFTY"].expiries]
             client = redis_server.client()
             try:
                 await until(lambda: svc.mirror.stats.flushes > 0)
                 run = svc.mirror.run
                 assert await client.exists(legs_key(chain_id("NIFTY", expiries[0])))
-                svc.roller.clock = lambda: _close(expiries[0]) + 60
+                clock.set(_close(expiries[0]) + 60)
                 assert await svc.roller.roll_once()
                 await until(lambda: svc.mirror.run != run)  # the full rewrite has been written
                 assert not await client.exists(legs_key(chain_id("NIFTY", expiries[0])))
                 assert await client.exists(legs_key(chain_id("NIFTY", expiries[2])))
-                catalog = (await client.get(CATALOG_KEY)).decode()
-                assert expiries[2].isoformat() in catalog and expiries[0].isoformat() not in catalog
+                catalog = Catalog.from_json(await client.get(CATALOG_KEY))
+                assert [c.expiry for c in catalog.underlyings[0].chains] == expiries[1:]
             finally:
                 await client.aclose()

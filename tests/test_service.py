@@ -18,8 +18,8 @@ from service.core.cache import ChainCache
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
 from service.core.lifecycle import Phase
 from service.settings import Settings
+from tests.helpers import UNIT_S, until
 
-UNIT_S = 5.0  # the unit every wait in this file is a multiple of
 SIM = dict(underlyings=("NIFTY",), expiries=2, strikes_per_side=5, tick_interval_s=0.02, trades_per_step=10)
 
 
@@ -64,13 +64,6 @@ async def port_refuses(port: int) -> bool:
     writer.close()
     await writer.wait_closed()
     return False
-
-
-async def until(predicate, timeout_s: float = 2 * UNIT_S, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def quiesce(server: SimulatorServer, svc: RunningService) -> None:

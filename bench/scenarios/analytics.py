@@ -30,6 +30,7 @@ import random
 from bench.flat_out import INGEST_BATCH, flat_out
 from bench.model import Budget, Row, Scenario
 from bench.timing import Contestant, race
+from feeds.clock import ManualClock
 from feeds.model import IST, FullTick, QuoteTick, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.market import Market
@@ -222,7 +223,7 @@ async def _ingest_once(interval_s: float | None, seconds: float) -> tuple[float,
     ticks = _ticks(cache, 8192)
     if interval_s is None:
         return await flat_out(cache, ticks, seconds), 0, 0.0
-    runner = AnalyticsRunner(cache, AnalyticsSettings(rate=RATE, interval_s=interval_s), clock=lambda: NOW)
+    runner = AnalyticsRunner(cache, AnalyticsSettings(rate=RATE, interval_s=interval_s), clock=ManualClock(NOW))
     async with runner:
         rate = await flat_out(cache, ticks, seconds)
     return rate, runner.stats.passes, runner.stats.seconds_total

@@ -17,11 +17,11 @@ figures below in production).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 import time
 
 import websockets
+from pydantic import Field
 
 from bench.model import Budget, Row, Scenario
 from feeds.dhan.client import (
@@ -41,13 +41,20 @@ from service.core.lifecycle import Lifecycle, Phase
 NAME = "recovery"
 UNIT = "s"
 FAULTS = ("drop", "silence", "garbage", "disconnect 800", "token 807", "http 429", "805 sixth socket")
-CONFIG = DhanFeedConfig(
-    url="",  # set per run
+
+
+class _ScaledDownConfig(DhanFeedConfig):
+    """The client's config without Dhan's floors (≥ 60 s after a 429, ≥ 30 s after an 805)."""
+
+    rate_limit_cooloff_s: float = Field(1.0, gt=0)
+    too_many_connections_backoff_s: float = Field(1.0, gt=0)
+
+
+CONFIG = _ScaledDownConfig(
+    url="ws://127.0.0.1:9",  # set per run
     reconnect_initial_s=0.25,
     reconnect_max_s=2.0,
     stall_timeout_s=1.0,
-    rate_limit_cooloff_s=1.0,
-    too_many_connections_backoff_s=1.0,
 )
 
 
@@ -70,7 +77,7 @@ async def _one(fault: str) -> tuple[float, float]:
     async with SimulatorServer(config) as sim:
         tokens = ["eyJ-first"]
         feed = DhanFeed(
-            dataclasses.replace(CONFIG, url=sim.feed_url),
+            CONFIG.model_copy(update={"url": sim.feed_url}),
             Credentials("1000000001", lambda: tokens[-1]),
             _subscriptions(sim),
         )

@@ -28,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import DisconnectPacket, DisconnectReason, FeedMode, Packet
@@ -96,32 +97,43 @@ class Credentials:
     token_source: str = "DHAN_ACCESS_TOKEN"  # named in errors, e.g. a token file's path
 
 
-@dataclass(frozen=True, slots=True)
-class DhanFeedConfig:
-    url: str = "wss://api-feed.dhan.co"
-    open_timeout_s: float = 10.0
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
-    close_timeout_s: float = 2.0
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    # A session that stayed up this long resets the backoff to its initial delay.
-    healthy_after_s: float = 30.0
-    # Silence this long while the market is open means the feed is dead.
-    stall_timeout_s: float = 30.0
-    rate_limit_cooloff_s: float = 60.0  # after HTTP 429 (reference §8.9: ≥ 60 s)
-    too_many_connections_backoff_s: float = 120.0  # after 805
-    max_batch_ticks: int = 1024
+class DhanFeedConfig(BaseModel):
+    """How the client connects, waits and retries; frozen and validated on construction.
 
-    def __post_init__(self) -> None:
-        for name in (
-            "open_timeout_s", "close_timeout_s", "reconnect_initial_s", "reconnect_max_s", "stall_timeout_s",
-            "rate_limit_cooloff_s", "too_many_connections_backoff_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+    Declared once: ``service.settings.FeedSettings`` extends it with the service's own keys,
+    so each of these is also the setting ``feed.<name>`` (env ``LIVECHAIN_FEED__<NAME>``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = "wss://api-feed.dhan.co"  # base URL: the client adds the query string
+    open_timeout_s: float = Field(10.0, gt=0)
+    ping_interval_s: float = Field(20.0, gt=0)
+    close_timeout_s: float = Field(2.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0)  # backoff: exponential, full jitter, capped
+    reconnect_max_s: float = Field(30.0, gt=0)
+    # A session that stayed up this long resets the backoff to its initial delay.
+    healthy_after_s: float = Field(30.0, gt=0)
+    # Silence this long while the market is open means the feed is dead: the socket is replaced.
+    stall_timeout_s: float = Field(30.0, gt=0)
+    rate_limit_cooloff_s: float = Field(60.0, ge=60)  # after HTTP 429 on the handshake (reference §8.9: ≥ 60 s)
+    too_many_connections_backoff_s: float = Field(120.0, ge=30)  # after disconnect reason 805
+    max_batch_ticks: int = Field(1024, ge=1)  # ticks handed to the sink in one batch, at most
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        if "?" in v:
+            raise ValueError("must not carry a query string: token and client id are added by the client")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> DhanFeedConfig:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +201,11 @@ class DhanFeed:
         is_market_open: Callable[[float], bool] = lambda now: True,
         tap: FrameTap | None = None,
         rng: random.Random | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``clock`` stamps every frame's receive time and tells the stall watchdog what time it is."""
         self.config = config
+        self.clock = clock
         self._credentials = credentials
         self._normalizer = Normalizer({s.key: s.tick_size for s in subscriptions})
         self._rng = rng or random.Random()
@@ -336,8 +351,9 @@ class _Connection:
         cfg = self._feed.config
         rng = self._feed._rng
         attempt = 0
+        monotonic = self._feed.clock.monotonic
         while True:
-            started = time.monotonic()
+            started = monotonic()
             token = self._feed.credentials.access_token()
             floor = 0.0
             try:
@@ -372,7 +388,7 @@ class _Connection:
             self.stats.count_end(kind)
             self.stats.last_error = reason
             sink.on_event(ConnectionDown(self.index, self.keys, reason))
-            if time.monotonic() - started >= cfg.healthy_after_s:
+            if monotonic() - started >= cfg.healthy_after_s:
                 attempt = 0
             delay = 0.0 if floor < 0 else max(floor, backoff_delay(attempt, cfg.reconnect_initial_s, cfg.reconnect_max_s, rng))
             attempt += 1
@@ -442,11 +458,12 @@ class _Connection:
     async def _watch(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Close a socket that stays open but silent while the market is open."""
         cfg = self._feed.config
-        opened = time.time()
+        wall = self._feed.clock.time
+        opened = wall()
         period = min(1.0, cfg.stall_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
-            now = time.time()
+            now = wall()
             last = max(self.stats.last_frame_at or 0.0, opened)
             if now - last > cfg.stall_timeout_s and self._feed.is_market_open(now):
                 self._stall = f"no data for {now - last:.1f}s while the market is open"
@@ -474,6 +491,7 @@ class _Connection:
         errors: list[DecodeError] = []
         by_type = stats.packets_by_type
         receive = ws.receive
+        wall = self._feed.clock.time
         while True:
             msg = await receive()
             kind = msg.type
@@ -484,7 +502,7 @@ class _Connection:
                     continue
                 return  # CLOSE, CLOSING, CLOSED or ERROR: the caller says why
             frame = msg.data
-            now = time.time()
+            now = wall()
             stats.frames += 1
             stats.last_frame_at = now
             if tap is not None:

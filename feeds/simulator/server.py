@@ -153,14 +153,14 @@ class SimulatorServer:
     def __init__(
         self,
         config: SimulatorConfig | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        host: str | None = None,
+        port: int | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config = config if config is not None else SimulatorConfig()
-        self.host = host
-        self._requested_port = port
+        self.host = host if host is not None else config.host  # None: the config's (127.0.0.1, a free port)
+        self._requested_port = port if port is not None else config.port
         self.port = 0
         self.stats = SimulatorStats()
         today = config.today or dt.datetime.fromtimestamp(clock(), IST).date()

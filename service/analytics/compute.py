@@ -6,7 +6,8 @@ The math is ``service.analytics.greeks`` (Black-76, vectorized over the chain's 
 
 Definitions (README "Option analytics"):
 
-* Time to expiry: calendar time to 15:30 IST on the expiry date, in years of 365 days.
+* Time to expiry: calendar time to the session close (15:30 IST, ``market.close_time``) on the
+  expiry date, in years of 365 days.
 * Forward: by put-call parity, F = K + (C − P)·e^{rT}, from the ``parity_strikes`` strikes
   where both legs have a last price and |C − P| is smallest (those nearest the forward),
   taking the median; without such a pair, the underlying's last price carried at the rate
@@ -43,11 +44,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from feeds.calendar import MarketCalendar
 from feeds.model import IST
 from service.core.cache import Chain, Leg
 from service.analytics.greeks import DAYS_PER_YEAR, black76, implied_vol
 
-EXPIRY_TIME_IST = dt.time(15, 30)  # NSE and BSE index and stock options expire at the close
 SECONDS_PER_YEAR = DAYS_PER_YEAR * 86_400
 SOURCE_LIVECHAIN = "livechain"
 SOURCE_DHAN = "dhan"
@@ -72,6 +73,8 @@ class AnalyticsParams:
     rate: float  # annual, continuously compounded
     forward: str = "parity"  # "parity" (falling back to the spot) or "spot"
     parity_strikes: int = 3
+    # Whose session close ends an expiry (market.close_time): the one definition of that instant.
+    calendar: MarketCalendar = MarketCalendar()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +88,15 @@ class DhanGreeks:
     vega: float
 
 
-def expiry_instant(day: dt.date) -> float:
-    """UTC epoch seconds of 15:30 IST on ``day``."""
-    return dt.datetime.combine(day, EXPIRY_TIME_IST, tzinfo=IST).timestamp()
+def expiry_instant(day: dt.date, calendar: MarketCalendar = MarketCalendar()) -> float:
+    """UTC epoch seconds of the instant an expiry on ``day`` ends: the session close (15:30 IST
+    unless ``market.close_time`` says otherwise), ``MarketCalendar.session_close``."""
+    return calendar.session_close(day).timestamp()
 
 
-def years_to_expiry(expiry: dt.date, now: float) -> float:
-    """Calendar years (365 days) from ``now`` to 15:30 IST on ``expiry``; ≤ 0 once expired."""
-    return (expiry_instant(expiry) - now) / SECONDS_PER_YEAR
+def years_to_expiry(expiry: dt.date, now: float, calendar: MarketCalendar = MarketCalendar()) -> float:
+    """Calendar years (365 days) from ``now`` to the end of ``expiry``; ≤ 0 once expired."""
+    return (expiry_instant(expiry, calendar) - now) / SECONDS_PER_YEAR
 
 
 def _ist(epoch_s: float) -> dt.datetime:
@@ -238,7 +242,7 @@ def analyse(chain: Chain, now: float, params: AnalyticsParams) -> ChainAnalytics
     ce = [_NO_LEG if c is None else c for _, c, _ in rows]
     pe = [_NO_LEG if p is None else p for _, _, p in rows]
     ce_ltp, pe_ltp = _column(ce, "ltp"), _column(pe, "ltp")
-    years = years_to_expiry(chain.expiry, now)
+    years = years_to_expiry(chain.expiry, now, params.calendar)
     live = years > 0
     growth = math.exp(params.rate * years) if live else 1.0  # e^{rT}: undiscounts a premium
 

@@ -27,7 +27,7 @@ from feeds.errors import RestAuthError, RestError
 from feeds.model import Segment
 from service.analytics.compute import DhanGreeks
 from service.core.cache import Chain, ChainCache, LegSeed
-from service.tasks import cancel_and_wait
+from service.tasks import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +68,34 @@ def seeds_for(chain: Chain, oc: OptionChain, stats: SeedStats | None = None) -> 
 
 
 class RestSeeder:
-    """Seeds and reconciles the cache from Dhan's REST chain in its own task (async context manager)."""
+    """Seeds and reconciles the cache from Dhan's REST chain in its own task (async context manager).
 
-    def __init__(self, cache: ChainCache, client: OptionChainClient, reconcile_s: float) -> None:
+    The task (``rest-seed``) runs under ``supervisor`` (a private one if None), which restarts
+    it after a crash; a failed pass is this loop's own to report, and it tries again later.
+    """
+
+    def __init__(
+        self, cache: ChainCache, client: OptionChainClient, reconcile_s: float, *, supervisor: Supervisor | None = None
+    ) -> None:
         self._cache = cache
         self.client = client
         self._reconcile_s = reconcile_s
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor = supervisor
+        self._child: Child | None = None
         self._missing_warned: set[tuple[str, object]] = set()
         self.stats = SeedStats()
         self.seeded = asyncio.Event()  # set after the first pass that seeded at least one chain
 
     async def __aenter__(self) -> RestSeeder:
         await self.client.__aenter__()
-        self._task = asyncio.create_task(self._run(), name="rest-seed")
+        self._child = (self._supervisor or Supervisor()).spawn("rest-seed", self._run)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await cancel_and_wait(self._task)
+        if self._child is not None:
+            await self._child.stop()
         await self.client.__aexit__(exc_type, exc, tb)
 
     async def _run(self) -> None:

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from feeds.throttle import LogThrottle
+from feeds.calendar import MarketCalendar
+from feeds.clock import SYSTEM_CLOCK, Clock
 from service.analytics.compute import AnalyticsParams, analyse
 from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
-from service.tasks import cancel_and_wait
+from service.tasks import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,34 @@ class AnalyticsStats:
     last_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # (underlying, expiry) → last pass
 
 
-def params_of(settings: AnalyticsSettings) -> AnalyticsParams:
-    return AnalyticsParams(rate=settings.rate, forward=settings.forward, parity_strikes=settings.parity_strikes)
+def params_of(settings: AnalyticsSettings, calendar: MarketCalendar = MarketCalendar()) -> AnalyticsParams:
+    return AnalyticsParams(
+        rate=settings.rate, forward=settings.forward, parity_strikes=settings.parity_strikes, calendar=calendar
+    )
 
 
 class AnalyticsRunner:
     """Computes the analytics of changed chains from its own task; enter it as an async context manager."""
 
     def __init__(
-        self, cache: ChainCache, settings: AnalyticsSettings, *, clock: Callable[[], float] = time.time
+        self,
+        cache: ChainCache,
+        settings: AnalyticsSettings,
+        *,
+        calendar: MarketCalendar = MarketCalendar(),
+        clock: Clock = SYSTEM_CLOCK,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        """The task (``analytics``) runs under ``supervisor`` (a private one if None), which
+        restarts it after a crash; an error analysing one chain is counted, not a crash."""
         self._cache = cache
         self._interval_s = settings.interval_s
-        self._params = params_of(settings)
+        self._params = params_of(settings, calendar)
         self._clock = clock
         self._seen: dict[Chain, int] = {}  # chain → its version right after its analytics were installed
-        self._task: asyncio.Task[None] | None = None
+        self._epoch = cache.layout_epoch  # the cache layout _seen was kept for
+        self._supervisor = supervisor
+        self._child: Child | None = None
         self._errors = LogThrottle(log, level=logging.ERROR)
         self.stats = AnalyticsStats()
 
@@ -60,9 +74,15 @@ class AnalyticsRunner:
         """One pass: analyse every chain that changed since its last analytics. Returns how many."""
         cache = self._cache
         seen = self._seen
-        now = self._clock()
+        now = self._clock.time()
         done = 0
         current = list(cache.chains.values())
+        if self._epoch != cache.layout_epoch:  # the expiry roll removed chains: forget them
+            self._epoch = cache.layout_epoch
+            alive = set(current)
+            self._seen = seen = {c: v for c, v in seen.items() if c in alive}
+            names = {(c.underlying, c.expiry.isoformat()) for c in current}
+            self.stats.last_seconds = {k: v for k, v in self.stats.last_seconds.items() if k in names}
         for chain in current:
             if seen.get(chain) == chain.version:
                 continue
@@ -86,24 +106,17 @@ class AnalyticsRunner:
             stats.seconds_total += elapsed
             stats.last_seconds[(chain.underlying, chain.expiry.isoformat())] = elapsed
             done += 1
-        if len(seen) > len(current):  # chains the expiry roll removed
-            alive = set(current)
-            self._seen = {c: v for c, v in seen.items() if c in alive}
-            self.stats.last_seconds = {
-                k: v for k, v in self.stats.last_seconds.items() if any(
-                    (c.underlying, c.expiry.isoformat()) == k for c in current
-                )
-            }  # fmt: skip
         return done
 
     async def __aenter__(self) -> AnalyticsRunner:
-        self._task = asyncio.create_task(self._run(), name="analytics")
+        self._child = (self._supervisor or Supervisor()).spawn("analytics", self._run)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await cancel_and_wait(self._task)
+        if self._child is not None:
+            await self._child.stop()
 
     async def _run(self) -> None:
         while True:

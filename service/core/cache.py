@@ -6,9 +6,14 @@ immutable ``ChainSnapshot``s (see ``service.core.snapshot``), rendered at most o
 Two more writers run on the same loop, also through synchronous methods: ``seed`` (Dhan's
 REST option chain, ``service.analytics.rest_seed``) and ``set_analytics`` (``service.analytics.runner``).
 
-Versions come from one counter that starts at the wall clock in microseconds and grows by
-one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
+Versions come from one counter that starts at the (injected) clock in microseconds and grows
+by one per applied batch, so a chain's ``version`` grows whenever it changes and keeps growing
 across restarts.
+
+The cache also owns the chain *layout* (which chains exist, their strikes and legs). Anything
+that derives from the layout (the Redis mirror's keys and catalog, the analytics runner's
+bookkeeping) follows ``layout_epoch``, which grows whenever the layout changes (the expiry
+roll), instead of keeping a copy of its own that a roll could leave behind.
 
 Every leg that changes is added to ``dirty`` (one ``set.add`` per tick), which the Redis
 mirror drains with ``take_dirty``. The set holds legs, not values, so it is bounded by the
@@ -19,10 +24,10 @@ flush time, so the latest value wins however many ticks came in between.
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.model import (
     ChainSkeleton,
     FullTick,
@@ -91,9 +96,11 @@ class Chain:
 
 
 class ChainCache:
-    def __init__(self, skeleton: ChainSkeleton, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._version = time.time_ns() // 1000
+    def __init__(self, skeleton: ChainSkeleton, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._monotonic = clock.monotonic
+        self._version = int(clock.time() * 1_000_000)
+        self.layout_epoch = 0  # grows whenever chains are added or removed (reconfigure)
         self.legs: dict[InstrumentKey, Leg] = {}
         self.chains: dict[tuple[str, dt.date], Chain] = {}
         self.expiries: dict[str, list[dt.date]] = {}
@@ -166,6 +173,8 @@ class ChainCache:
                         del self._underlying_of[leg.key]
                         self.dirty.discard(leg)
         added = self._build_chains(skeleton)
+        if added or removed:
+            self.layout_epoch += 1
         version = self._next_version()
         for chain in added:
             chain.version = version
@@ -223,7 +232,7 @@ class ChainCache:
         self.ticks_applied += len(ticks)
         self.batches_applied += 1
         if self.dirty_since is None and self.dirty:
-            self.dirty_since = time.monotonic()
+            self.dirty_since = self._monotonic()
 
     def mark_stale(self, keys: Iterable[InstrumentKey]) -> int:
         """Mark instruments stale until fresh data arrives (their feed connection was lost)."""
@@ -238,7 +247,7 @@ class ChainCache:
                     chain.version = version
                 marked += 1
         if marked and self.dirty_since is None:
-            self.dirty_since = time.monotonic()
+            self.dirty_since = self._monotonic()
         return marked
 
     def seed(self, seeds: Iterable[LegSeed]) -> int:
@@ -272,7 +281,7 @@ class ChainCache:
                 chain.version = version
             changed += 1
         if self.dirty and self.dirty_since is None:
-            self.dirty_since = time.monotonic()
+            self.dirty_since = self._monotonic()
         return changed
 
     def set_analytics(self, chain: Chain, analytics: Any) -> None:
@@ -324,15 +333,3 @@ class ChainCache:
             if self.subscribed_by_underlying[sym] > self.covered_by_underlying[sym]
         }
 
-    def is_stale(self, chain: Chain, stale_after_s: float, market_open: bool = True) -> bool:
-        """Stale: a leg lost its feed and has had no data since, or, while the market is open,
-        nothing changed for ``stale_after_s`` (a closed market is quiet, not stale)."""
-        if chain.stale_legs > 0 or chain.updated_at is None:
-            return True
-        return market_open and self._clock() - chain.updated_at > stale_after_s
-
-    def nearest_expiry(self, underlying: str, today: dt.date) -> dt.date | None:
-        for expiry in self.expiries.get(underlying, ()):
-            if expiry >= today:
-                return expiry
-        return None

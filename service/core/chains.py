@@ -9,12 +9,12 @@ chain state gives the same bytes and ETag whichever process answers.
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.core.cache import ChainCache
+from service.core.freshness import Freshness
 from service.core.snapshot import ChainSnapshot, render
 
 
@@ -36,6 +36,9 @@ class ChainSource(Protocol):
     def expiries(self, underlying: str) -> Sequence[dt.date] | None:
         """The underlying's expiries, ascending; None when it is not served."""
 
+    def nearest_expiry(self, underlying: str) -> dt.date | None:
+        """The underlying's nearest expiry that has not ended; None when there is none (or no underlying)."""
+
     def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
         """The chain's current snapshot; None when there is no such chain."""
 
@@ -49,22 +52,21 @@ class ChainSource(Protocol):
 class CacheChains:
     """The primary's chains: snapshots rendered from the cache at most once per version."""
 
-    def __init__(
-        self, cache: ChainCache, stale_after_s: float, is_market_open: Callable[[float], bool] = lambda now: True
-    ) -> None:
+    def __init__(self, cache: ChainCache, freshness: Freshness) -> None:
         self.cache = cache
-        self.stale_after_s = stale_after_s
-        self.is_market_open = is_market_open
+        self.freshness = freshness
 
     def expiries(self, underlying: str) -> Sequence[dt.date] | None:
         return self.cache.expiries.get(underlying)
+
+    def nearest_expiry(self, underlying: str) -> dt.date | None:
+        return self.freshness.nearest_expiry(self.cache.expiries.get(underlying, ()))
 
     def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
         chain = self.cache.chains.get((underlying, expiry))
         if chain is None:
             return None
-        stale = self.cache.is_stale(chain, self.stale_after_s, self.is_market_open(time.time()))
-        return render(chain, stale)
+        return render(chain, self.freshness.is_stale(chain.stale_legs, chain.updated_at))
 
     def underlyings(self) -> list[UnderlyingInfo]:
         cache = self.cache

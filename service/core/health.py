@@ -15,11 +15,11 @@ not there yet is simply not assessed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from service.core.cache import ChainCache
 from service.core.lifecycle import Lifecycle, Phase
 
@@ -88,7 +88,7 @@ class Health:
         cache: ChainCache | None = None,
         feed: FeedLike | None = None,
         mirror: object | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.lifecycle = lifecycle
         self.stale_after_s = stale_after_s
@@ -100,7 +100,7 @@ class Health:
 
     def report(self) -> HealthReport:
         lc = self.lifecycle
-        now = self._clock()
+        now = self._clock.time()
         checks: dict[str, bool] = {}
         problems: list[str] = []
         market_open: bool | None = None

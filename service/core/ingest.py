@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.model import Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedEvent, ServerDisconnect
 from service.core.cache import ChainCache
@@ -37,11 +37,11 @@ class Ingest:
         min_coverage: float,
         connections: int,
         latency: Observer | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.cache = cache
         self.latency = latency  # receive-to-applied seconds, observed once per batch
-        self._clock = clock  # the feed stamps received_at with time.time(): the same clock
+        self._now = clock.time  # the feed stamps received_at with the same clock
         self.lifecycle = lifecycle
         self.gate = asyncio.Event()
         # Integer target so the per-batch check is one int comparison.
@@ -62,7 +62,7 @@ class Ingest:
         self.ticks += len(ticks)
         if self.latency is not None and ticks:
             # The oldest tick of the batch: its wait is the batch's worst.
-            self.latency.observe(self._clock() - ticks[0].received_at)
+            self.latency.observe(self._now() - ticks[0].received_at)
         if not self.gate.is_set() and self.cache.covered >= self._target:
             self.gate.set()
 

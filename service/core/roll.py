@@ -3,9 +3,10 @@
 Every ``instruments.roll_check_s`` the roller asks which expiries are live now. When the set
 changes, or once a day at ``instruments.reload_at`` (new contracts are listed overnight), it
 reloads the scrip master, then applies the new set everywhere that depends on it, in order:
-the cache (drops expired chains, adds new empty ones), the Redis mirror (new layout, full
-rewrite, so replicas reload) and the feed (unsubscribe the expired instruments, subscribe the
-new ones on the live sockets). Nothing is torn down; chains that stay keep their state.
+the cache (drops expired chains, adds new empty ones and bumps its ``layout_epoch``, which the
+Redis mirror and the analytics runner follow: the mirror's next write is a full rewrite, so
+replicas reload) and the feed (unsubscribe the expired instruments, subscribe the new ones on
+the live sockets). Nothing is torn down; chains that stay keep their state.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from feeds.calendar import MarketCalendar
+from feeds.clock import SYSTEM_CLOCK, Clock, ist_now
 from feeds.dhan.client import DhanFeed, check_budget
 from feeds.errors import FeedError, SubscriptionError
-from feeds.model import IST, ChainSkeleton
+from feeds.model import ChainSkeleton
 from service.core.cache import ChainCache
 from service.feed_source import subscriptions_for
-from service.redis.mirror import RedisMirror
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,27 +50,25 @@ class ExpiryRoller:
         calendar: MarketCalendar,
         cache: ChainCache,
         feed: DhanFeed,
-        mirror: RedisMirror | None,
         reload: Callable[[], Awaitable[ChainSkeleton]],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
         self.full = full
         self.calendar = calendar
         self.cache = cache
         self.feed = feed
-        self.mirror = mirror
         self.reload = reload
         self.clock = clock
         self.rolls = 0
-        self._reloaded_on: dt.date | None = dt.datetime.fromtimestamp(clock(), IST).date()
+        self._reloaded_on: dt.date | None = ist_now(clock).date()
 
     def current(self) -> ChainSkeleton:
-        return live_skeleton(self.full, self.settings.instruments.max_expiries, self.clock(), self.calendar)
+        return live_skeleton(self.full, self.settings.instruments.max_expiries, self.clock.time(), self.calendar)
 
     def _reload_due(self) -> bool:
-        now = dt.datetime.fromtimestamp(self.clock(), IST)
+        now = ist_now(self.clock)
         return self._reloaded_on != now.date() and now.time() >= self.settings.instruments.reload_at
 
     async def roll_once(self) -> bool:
@@ -79,7 +77,7 @@ class ExpiryRoller:
         if expired or self._reload_due():
             try:
                 self.full = await self.reload()
-                self._reloaded_on = dt.datetime.fromtimestamp(self.clock(), IST).date()
+                self._reloaded_on = ist_now(self.clock).date()
             except (FeedError, OSError) as exc:
                 log.warning("expiry roll: scrip master reload failed (%s); rolling with the list already loaded", exc)
         new = self.current()
@@ -107,8 +105,6 @@ class ExpiryRoller:
         check_budget(len(subscriptions))  # before anything changes
         added, removed = self.cache.reconfigure(new)
         log.info("expiry roll: %d chains added, %d removed", len(added), len(removed))
-        if self.mirror is not None:
-            self.mirror.relayout()
         return await self.feed.update_subscriptions(subscriptions)
 
     async def run(self) -> None:

@@ -5,8 +5,12 @@ Sans-I/O: nothing here talks to Redis. ``service.redis.mirror`` writes this layo
 ``{chain}`` is ``UNDERLYING:YYYY-MM-DD`` (``NIFTY:2026-11-24``) and a leg's field is
 ``{strike}:{CE|PE}`` (``25850.0:CE``, the strike as JSON writes it)::
 
-    livechain:catalog          string  JSON: the run id and the chain skeletons (underlyings,
-                                       index security ids, expiries, lot sizes, strike rows)
+    livechain:catalog          string  JSON: the run id, the chain skeletons (underlyings,
+                                       index security ids, expiries, lot sizes, strike rows) and
+                                       the primary's staleness inputs: its market calendar and
+                                       stale_after_s, so replicas apply the primary's rule
+    livechain:run              string  the run id alone: the primary checks it every
+                                       redis.verify_interval_s to notice a Redis that forgot
     livechain:chain:{chain}    hash    {strike}:{side} → the leg's JSON object, byte for byte
                                        as it appears in /options/live
     livechain:meta:{chain}     hash    version, updated_at (epoch s), underlying_ltp,
@@ -47,8 +51,11 @@ from typing import Any
 
 import orjson
 
+from feeds.calendar import MarketCalendar
+
 PREFIX = "livechain:"
 CATALOG_KEY = PREFIX + "catalog"
+RUN_KEY = PREFIX + "run"
 STREAM_KEY = PREFIX + "changes"
 CHANNEL_PATTERN = PREFIX + "changes:*"
 LEGS_PATTERN = PREFIX + "chain:*"
@@ -139,15 +146,44 @@ class CatalogUnderlying:
     chains: tuple[CatalogChain, ...]  # ascending by expiry
 
 
+def calendar_to_json(calendar: MarketCalendar) -> dict[str, Any]:
+    return {
+        "open_time": calendar.open_time.isoformat(),
+        "close_time": calendar.close_time.isoformat(),
+        "holidays": sorted(d.isoformat() for d in calendar.holidays),
+        "always_open": calendar.always_open,
+        "never_open": calendar.never_open,
+    }
+
+
+def calendar_from_json(doc: Mapping[str, Any]) -> MarketCalendar:
+    return MarketCalendar(
+        open_time=dt.time.fromisoformat(doc["open_time"]),
+        close_time=dt.time.fromisoformat(doc["close_time"]),
+        holidays=frozenset(dt.date.fromisoformat(d) for d in doc["holidays"]),
+        always_open=bool(doc["always_open"]),
+        never_open=bool(doc["never_open"]),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     run: str
     underlyings: tuple[CatalogUnderlying, ...]
+    # The primary's staleness inputs (service.core.freshness); None from a writer that sent none.
+    calendar: MarketCalendar | None = None
+    stale_after_s: float | None = None
 
     def to_json(self) -> bytes:
+        extra: dict[str, Any] = {}
+        if self.calendar is not None:
+            extra["market"] = calendar_to_json(self.calendar)
+        if self.stale_after_s is not None:
+            extra["stale_after_s"] = self.stale_after_s
         return orjson.dumps(
             {
                 "run": self.run,
+                **extra,
                 "underlyings": [
                     {
                         "underlying": u.underlying,
@@ -166,8 +202,12 @@ class Catalog:
     @classmethod
     def from_json(cls, raw: bytes) -> Catalog:
         doc: dict[str, Any] = orjson.loads(raw)
+        market = doc.get("market")
+        stale_after_s = doc.get("stale_after_s")
         return cls(
             run=doc["run"],
+            calendar=None if market is None else calendar_from_json(market),
+            stale_after_s=None if stale_after_s is None else float(stale_after_s),
             underlyings=tuple(
                 CatalogUnderlying(
                     u["underlying"],

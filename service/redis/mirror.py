@@ -12,7 +12,17 @@ analytics JSON in its meta hash, stream entry and message; other flushes leave t
 
 If a write fails the legs go back into the dirty set, the task backs off (exponential, full
 jitter, capped) and, once Redis answers again, rewrites the whole state under a new ``run``:
-nothing is lost, nothing is left stale, and readers know to reload. Lag is measured from the
+nothing is lost, nothing is left stale, and readers know to reload.
+
+A Redis that forgets without failing a command (restarted empty between two quiet flushes,
+``FLUSHALL``, a failover to an empty node) is noticed too: at least every
+``redis.verify_interval_s``, changes or not, the mirror reads ``livechain:run`` and rewrites
+everything when it is not the run it wrote.
+
+The mirror keeps no copy of the chain layout: each flush reads it from the cache, and a
+change of the cache's ``layout_epoch`` (the expiry roll) since the last write makes the next
+write a full rewrite. The epoch a write carried is recorded only once it succeeded, so a roll
+that happens while a flush is in flight is never lost. Lag is measured from the
 moment the oldest change in a flush was applied to the cache until that flush completed.
 """
 
@@ -21,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from service.core.cache import Chain, ChainCache, Leg
+from service.core.freshness import Freshness
 from service.errors import RedisUnavailable
 from service.redis.client import REDIS_ERRORS, Backoff, close_client, describe, make_client, masked_url
 from service.redis.layout import (
@@ -34,6 +45,7 @@ from service.redis.layout import (
     CATALOG_KEY,
     LEGS_PATTERN,
     META_PATTERN,
+    RUN_KEY,
     STREAM_KEY,
     Catalog,
     CatalogChain,
@@ -50,6 +62,7 @@ from service.redis.layout import (
 )
 from service.settings import RedisSettings
 from service.core.snapshot import ist, leg_json
+from service.tasks import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,8 @@ class MirrorStats:
     lag_s_max: float | None = None
     last_flush_at: float | None = None  # epoch seconds
     last_error: str | None = None
+    verifications: int = 0  # checks that Redis still holds our run
+    state_lost: int = 0  # times Redis was found without our run (restart, FLUSHALL, failover): rewritten
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +107,20 @@ class RedisMirror:
         cache: ChainCache,
         settings: RedisSettings,
         *,
+        freshness: Freshness | None = None,
         observer: Callable[[FlushReport], None] | None = None,
         on_connect: Callable[[MirrorStats], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        """``observer`` sees every successful flush; ``on_connect`` every (re)connection."""
+        """``freshness``: the staleness inputs written into the catalog for replicas; ``observer``
+        sees every successful flush; ``on_connect`` every (re)connection. The loop (task
+        ``redis-mirror``) runs under ``supervisor`` (a private one if None), which restarts it
+        after a crash (a bug: Redis errors are the loop's own to retry)."""
         self._cache = cache
         self._settings = settings
+        self._freshness = freshness
+        self._clock = clock
         self._required = settings.enabled is True
         self._observer = observer
         self._on_connect = on_connect
@@ -106,7 +129,8 @@ class RedisMirror:
         self._client = make_client(settings, name="livechain-mirror")
         self._backoff = Backoff(settings)
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor = supervisor
+        self._child: Child | None = None
         self._token = secrets.token_hex(4)
         self._generation = 0
         self._seq = 0
@@ -115,39 +139,27 @@ class RedisMirror:
         self._down_since: float | None = None
         self._in_flight = 0
         self._analytics_sent: dict[Chain, object] = {}  # per chain, the analytics Redis holds
-        self._where: dict[Leg, tuple[Chain, str]] = {}
-        self._cid: dict[Chain, str] = {}
-        self._underlyings: tuple[CatalogUnderlying, ...] = ()
-        self.relayout()
+        self._epoch_written: int | None = None  # the cache's layout_epoch as of the last successful write
+        self._verified_at: float | None = None  # monotonic: when Redis last confirmed our run
 
-    def relayout(self) -> None:
-        """Recompute where each leg lives from the cache's chains, and rewrite everything (new
-        catalog, new run, obsolete chains deleted) at the next flush. Called once at start and
-        after the cache's chain set changed (the expiry roll)."""
+    def _catalog(self, run: str) -> Catalog:
+        """The catalog of the cache's current layout (written with every full rewrite)."""
         cache = self._cache
-        self._where = {}
-        self._cid = {}
         underlyings = []
         for symbol, expiries in cache.expiries.items():
-            catalog_chains = []
-            for expiry in expiries:
-                chain = cache.chains[(symbol, expiry)]
-                self._cid[chain] = chain_id(symbol, expiry)
-                for strike, ce, pe in chain.rows:
-                    for leg, side in ((ce, "CE"), (pe, "PE")):
-                        if leg is not None:
-                            self._where[leg] = (chain, leg_field(strike, side))
-                catalog_chains.append(
-                    CatalogChain(
-                        symbol, expiry, chain.lot_size,
-                        tuple((s, None if ce is None else ce.key[1], None if pe is None else pe.key[1])
-                              for s, ce, pe in chain.rows),
-                    )
-                )  # fmt: skip
+            chains = tuple(
+                CatalogChain(
+                    symbol, expiry, chain.lot_size,
+                    tuple((s, None if ce is None else ce.key[1], None if pe is None else pe.key[1])
+                          for s, ce, pe in chain.rows),
+                )
+                for expiry in expiries
+                for chain in (cache.chains[(symbol, expiry)],)
+            )  # fmt: skip
             key = cache.index_keys[symbol]
-            underlyings.append(CatalogUnderlying(symbol, key[0], key[1], tuple(catalog_chains)))
-        self._underlyings = tuple(underlyings)
-        self._full = True
+            underlyings.append(CatalogUnderlying(symbol, key[0], key[1], chains))
+        f = self._freshness
+        return Catalog(run, tuple(underlyings), f.calendar if f else None, f.stale_after_s if f else None)
 
     @property
     def run(self) -> str:
@@ -156,15 +168,19 @@ class RedisMirror:
 
     def _analytics_changed(self) -> bool:
         sent = self._analytics_sent
-        return any(chain.analytics is not sent.get(chain) for chain in self._cid)
+        return any(chain.analytics is not sent.get(chain) for chain in self._cache.chains.values())
 
     @property
     def pending(self) -> int:
         """Legs changed and not yet confirmed written by Redis, now (in-flight ones included),
-        plus chains whose recomputed analytics are not yet confirmed written."""
+        plus chains whose recomputed analytics are not yet confirmed written, plus one for a new
+        layout (an expiry roll) not yet written."""
+        cache = self._cache
         sent = self._analytics_sent
-        unsent = sum(1 for chain in self._cid if chain.analytics is not sent.get(chain))
-        return len(self._cache.dirty) + self._in_flight + unsent
+        unsent = sum(1 for chain in cache.chains.values() if chain.analytics is not sent.get(chain))
+        written = self._epoch_written
+        relayout = written is not None and written != cache.layout_epoch
+        return len(cache.dirty) + self._in_flight + unsent + relayout
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -177,31 +193,24 @@ class RedisMirror:
                 raise RedisUnavailable(
                     f"redis.enabled = true but Redis at {self.url} is unavailable: {describe(exc)}"
                 ) from exc
-        self._task = asyncio.create_task(self._run(), name="redis-mirror")
-        self._task.add_done_callback(_log_crash)
+        self._child = (self._supervisor or Supervisor()).spawn("redis-mirror", self._run)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         """Stop after one last flush (bounded by ``timeout_s``), then close the connection."""
-        self._stop.set()
-        task = self._task
-        if task is not None:
-            done, _ = await asyncio.wait([task], timeout=self._settings.timeout_s + self._settings.connect_timeout_s)
-            if not done:
-                task.cancel()
-                await asyncio.wait([task])
+        self._stop.set()  # the loop flushes once more and returns
+        if self._child is not None:
+            await self._child.stop(grace_s=self._settings.timeout_s + self._settings.connect_timeout_s)
         await close_client(self._client, self._settings.timeout_s, "Redis mirror")
-        if task is not None and exc_type is None and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]  # a bug in the mirror: already logged, now fatal
 
     async def _run(self) -> None:
         failures = 0
         while True:
             try:
                 if self.stats.connected:
-                    await self.flush()
+                    await self.step()
                 else:
                     await self._connect()
                 failures = 0
@@ -237,7 +246,7 @@ class RedisMirror:
             self._ever_connected = True
             log.info("Redis mirror connected to %s: full state written (%d legs)", self.url, legs)
         else:
-            down_s = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+            down_s = self._clock.monotonic() - self._down_since if self._down_since is not None else 0.0
             log.info(
                 "Redis mirror reconnected to %s after %.1fs: full state rewritten (%d legs), run %s",
                 self.url, down_s, legs, self.run,
@@ -252,7 +261,7 @@ class RedisMirror:
         self._full = True  # whatever Redis holds now, the next successful write replaces it
         if stats.connected:
             stats.connected = False
-            self._down_since = time.monotonic()
+            self._down_since = self._clock.monotonic()
             log.warning(
                 "Redis mirror lost %s (%s): ingest and HTTP carry on; retrying with backoff (at most %gs apart), "
                 "then the full state is rewritten", self.url, stats.last_error, self._settings.reconnect_max_s,
@@ -266,26 +275,63 @@ class RedisMirror:
         else:
             log.debug("Redis mirror still unavailable at %s: %s", self.url, stats.last_error)
 
-    # ------------------------------------------------------------------ one flush
+    # ------------------------------------------------------------------ one step
+
+    async def step(self) -> FlushReport | None:
+        """One turn of the mirror's loop: check Redis still holds our run when that is due, then flush."""
+        due = self._verified_at is None or self._clock.monotonic() - self._verified_at >= self._settings.verify_interval_s
+        if due:
+            await self.verify()
+        return await self.flush()
+
+    async def verify(self) -> bool:
+        """Ask Redis whether it still holds our run; if not, the next flush rewrites everything.
+
+        Between two writes Redis may have been restarted empty, flushed or failed over to a
+        node that never saw us, without any command of ours failing. Returns True when it
+        holds our run (or a full rewrite is already due)."""
+        async with asyncio.timeout(self._settings.timeout_s):
+            held = await self._client.get(RUN_KEY)
+        self._verified_at = self._clock.monotonic()
+        self.stats.verifications += 1
+        if self._full or held == self.run.encode():
+            return True
+        self.stats.state_lost += 1
+        self._full = True
+        log.warning(
+            "Redis at %s no longer holds this mirror's state (run %s; Redis has %s): restarted, flushed or "
+            "failed over; rewriting the full state", self.url, self.run, "none" if held is None else "another run",
+        )
+        return False
 
     async def flush(self) -> FlushReport | None:
-        """Write what changed (everything after a failure) in one MULTI/EXEC; None if nothing to do."""
+        """Write what changed (everything after a failure, a lost state or a new layout) in one
+        MULTI/EXEC; None if nothing to do."""
         cache = self._cache
-        full = self._full
+        epoch = cache.layout_epoch
+        full = self._full or epoch != self._epoch_written
         taken, since = cache.take_dirty()
         if not taken and not full and not self._analytics_changed():
             return None
-        started = time.monotonic()
+        monotonic = self._clock.monotonic
+        started = monotonic()
         self._in_flight = len(taken)
+        # Cleared before the write: a request for a full rewrite made while it is in flight
+        # (verify, a failure) survives it; a failure sets it again (_failed).
+        self._full = False
         try:
             legs, chains, commands = await self._write(taken, full)
         except BaseException:
             cache.restore_dirty(taken, since)  # written again, with whatever came later
+            self._full = self._full or full
             raise
         finally:
             self._in_flight = 0
-        done = time.monotonic()
-        self._full = False
+        done = monotonic()
+        # The layout this write carried; a roll during the write left layout_epoch ahead of it.
+        self._epoch_written = epoch
+        if full:
+            self._verified_at = done  # the same transaction wrote our run
         stats = self.stats
         stats.flushes += 1
         stats.full_rewrites += full
@@ -293,7 +339,7 @@ class RedisMirror:
         stats.chains_written += chains
         stats.commands += commands
         stats.queue_depth = len(cache.dirty)
-        stats.last_flush_at = time.time()
+        stats.last_flush_at = self._clock.time()
         lag = None if since is None else done - since
         if lag is not None:
             stats.lag_s_last = lag
@@ -306,37 +352,46 @@ class RedisMirror:
 
     async def _write(self, taken: set[Leg], full: bool) -> tuple[int, int, int]:
         client = self._client
-        where = self._where
+        current = self._cache.chains.values()
         by_chain: dict[Chain, list[tuple[str, bytes]]] = {}
         obsolete: list[str] = []
+        if full:
+            # Read before the first await: the layout this write carries is the cache's now.
+            catalog = self._catalog(f"{self._token}.{self._generation + 1}")
+            for chain in current:
+                by_chain[chain] = [
+                    (leg_field(strike, side), leg_json(leg))
+                    for strike, ce, pe in chain.rows
+                    for leg, side in ((ce, "CE"), (pe, "PE"))
+                    if leg is not None
+                ]
+        else:
+            for leg in taken:
+                contract = leg.contract
+                if contract is None:  # the underlying index: its price is in every chain's meta
+                    for chain in leg.chains:
+                        by_chain.setdefault(chain, [])
+                else:
+                    by_chain.setdefault(leg.chains[0], []).append(
+                        (leg_field(contract.strike, contract.option_type.value), leg_json(leg))
+                    )
+
+        # Analytics recomputed since they were last written (every chain's, on a full rewrite).
+        sent = self._analytics_sent
+        analytics: dict[Chain, bytes] = {}
+        for chain in current:
+            current = chain.analytics
+            if current is not None and (full or current is not sent.get(chain)):
+                analytics[chain] = current.to_json()
+                by_chain.setdefault(chain, [])
+        written = {chain: chain.analytics for chain in analytics}
+        cids = {chain: chain_id(chain.underlying, chain.expiry) for chain in by_chain}
         if full:
             # Keys of chains a previous run wrote and this one does not serve must go too.
             async for key in client.scan_iter(match=LEGS_PATTERN, count=1000):
                 obsolete.append(key)
             async for key in client.scan_iter(match=META_PATTERN, count=1000):
                 obsolete.append(key)
-            for chain in self._cid:
-                by_chain[chain] = []
-            for leg, (chain, field) in where.items():
-                by_chain[chain].append((field, leg_json(leg)))
-        else:
-            for leg in taken:
-                place = where.get(leg)
-                if place is None:  # the underlying index: its price is in every chain's meta
-                    for chain in leg.chains:
-                        by_chain.setdefault(chain, [])
-                else:
-                    by_chain.setdefault(place[0], []).append((place[1], leg_json(leg)))
-
-        # Analytics recomputed since they were last written (every chain's, on a full rewrite).
-        sent = self._analytics_sent
-        analytics: dict[Chain, bytes] = {}
-        for chain in self._cid:
-            current = chain.analytics
-            if current is not None and (full or current is not sent.get(chain)):
-                analytics[chain] = current.to_json()
-                by_chain.setdefault(chain, [])
-        written = {chain: chain.analytics for chain in analytics}
 
         generation = self._generation + 1 if full else self._generation
         run = f"{self._token}.{generation}"
@@ -344,12 +399,13 @@ class RedisMirror:
         maxlen = self._settings.stream_maxlen
         pipe = client.pipeline(transaction=True)
         if full:
-            ours = [k for c in self._cid.values() for k in (legs_key(c), meta_key(c))]
+            ours = [k for c in cids.values() for k in (legs_key(c), meta_key(c))]
             pipe.delete(*{*obsolete, *ours})
-            pipe.set(CATALOG_KEY, Catalog(run, self._underlyings).to_json())
+            pipe.set(CATALOG_KEY, catalog.to_json())
+            pipe.set(RUN_KEY, run)
         legs_n = 0
         for chain, legs in by_chain.items():
-            cid = self._cid[chain]
+            cid = cids[chain]
             meta = ChainMeta(chain.version, chain.updated_at, chain.index.ltp, chain.stale_legs)
             meta_fields = meta.fields()
             changed = legs_json(legs)
@@ -375,9 +431,3 @@ class RedisMirror:
         self._generation, self._seq = generation, seq
         self._analytics_sent = written if full else {**self._analytics_sent, **written}
         return legs_n, len(by_chain), commands
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A mirror that died of a bug (not of Redis: those are retried) says so at once."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("Redis mirror stopped by an unexpected error; Redis is no longer updated", exc_info=task.exception())

@@ -28,8 +28,11 @@ from aiohttp import web
 
 from service.analytics.compute import ChainAnalytics
 from service.core.chains import ExpiryInfo, UnderlyingInfo
+from feeds.clock import SYSTEM_CLOCK, Clock
+from service.core.freshness import Freshness
 from service.errors import ReadinessTimeout
-from service.http import HttpContext, make_app
+from service.feed_source import market_calendar
+from service.http import HttpContext, make_app, serve_http
 from service.core.lifecycle import Lifecycle, Phase
 from service.redis.client import (
     REDIS_ERRORS,
@@ -53,7 +56,7 @@ from service.redis.layout import (
 )
 from service.settings import RedisSettings, Settings
 from service.core.snapshot import ChainSnapshot, chain_snapshot
-from service.tasks import cancel_and_wait
+from service.tasks import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,16 @@ class _Loaded:
 
 
 class ReplicaStore:
-    """The replica's chains, read-only to HTTP; a ``ChainSource`` like the primary's cache."""
+    """The replica's chains, read-only to HTTP; a ``ChainSource`` like the primary's cache.
 
-    def __init__(self, stale_after_s: float, *, clock: Callable[[], float] = time.time) -> None:
-        self.stale_after_s = stale_after_s
-        self._clock = clock
+    Staleness and the nearest expiry follow the primary's rule with the primary's inputs: the
+    catalog carries its market calendar and ``stale_after_s``; ``fallback`` (this process's
+    settings) is used only with a catalog from a writer that sent none.
+    """
+
+    def __init__(self, fallback: Freshness) -> None:
+        self._fallback = fallback
+        self.freshness = fallback
         self.run: str | None = None
         self.seq: int | None = None  # the last entry applied; None: follow whatever comes next
         self.last_id = b"0-0"
@@ -129,6 +137,12 @@ class ReplicaStore:
             )
             for u in cat.underlyings
         ]
+        f = self._fallback
+        self.freshness = Freshness(
+            f.stale_after_s if cat.stale_after_s is None else cat.stale_after_s,
+            f.calendar if cat.calendar is None else cat.calendar,
+            f.clock,
+        )
         self.run = cat.run
         self.seq = loaded.seq
         self.last_id = loaded.last_id
@@ -160,18 +174,16 @@ class ReplicaStore:
     def expiries(self, underlying: str) -> Sequence[dt.date] | None:
         return self._expiries.get(underlying)
 
+    def nearest_expiry(self, underlying: str) -> dt.date | None:
+        return self.freshness.nearest_expiry(self._expiries.get(underlying, ()))
+
     def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
         chain = self._chains.get((underlying, expiry))
         if chain is None:
             return None
         meta = chain.meta
-        # The primary's rule (ChainCache.is_stale), plus: what we hold is unconfirmed while Redis is lost.
-        stale = (
-            not self.following
-            or meta.stale_legs > 0
-            or meta.updated_at is None
-            or self._clock() - meta.updated_at > self.stale_after_s
-        )
+        # The primary's rule, plus: what we hold is unconfirmed while Redis is lost.
+        stale = not self.following or self.freshness.is_stale(meta.stale_legs, meta.updated_at)
         last = chain.rendered
         if last is not None and last.version == meta.version and last.stale == stale:
             return last
@@ -243,9 +255,16 @@ def _build(catalog: Catalog, replies: Sequence[Any], last: list[tuple[bytes, Map
 
 
 class ReplicaFollower:
-    """Loads the state from Redis and follows its stream, from its own task, until closed."""
+    """Loads the state from Redis and follows its stream, from its own task, until closed.
 
-    def __init__(self, store: ReplicaStore, settings: RedisSettings, lifecycle: Lifecycle) -> None:
+    The task (``replica-follower``) runs under ``supervisor`` (a private one if None), which
+    restarts it after a crash (a bug: Redis errors are the loop's own to retry).
+    """
+
+    def __init__(
+        self, store: ReplicaStore, settings: RedisSettings, lifecycle: Lifecycle, *,
+        supervisor: Supervisor | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self._settings = settings
         self._lifecycle = lifecycle
@@ -256,21 +275,19 @@ class ReplicaFollower:
         self.problem: str | None = "not loaded yet"
         self.errors = 0
         self._serving = False
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor = supervisor
+        self._child: Child | None = None
 
     async def __aenter__(self) -> ReplicaFollower:
-        self._task = asyncio.create_task(self._run(), name="replica-follower")
-        self._task.add_done_callback(_log_crash)
+        self._child = (self._supervisor or Supervisor()).spawn("replica-follower", self._run)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await cancel_and_wait(self._task, self._settings.timeout_s)
+        if self._child is not None:
+            await self._child.stop(timeout_s=self._settings.timeout_s)
         await close_client(self._client, self._settings.timeout_s, "replica")
-        task = self._task
-        if task is not None and exc_type is None and task.done() and not task.cancelled() and task.exception():
-            raise task.exception()  # type: ignore[misc]
 
     def serve(self) -> None:
         """The port is open: from now on readiness follows the state of the load."""
@@ -362,12 +379,6 @@ class ReplicaFollower:
         log.log(logging.WARNING if was_following or self.errors == 1 else logging.DEBUG, "replica: %s", reason)
 
 
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A follower that died of a bug (Redis errors are retried) says so at once."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("replica follower stopped by an unexpected error", exc_info=task.exception())
-
-
 # --------------------------------------------------------------------------- composition
 
 
@@ -378,10 +389,11 @@ class RunningReplica:
     store: ReplicaStore
     follower: ReplicaFollower
     http_port: int
+    supervisor: Supervisor | None = None  # the replica's background tasks
 
 
 @contextlib.asynccontextmanager
-async def running_replica(settings: Settings) -> AsyncIterator[RunningReplica]:
+async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningReplica]:
     """Load from Redis, then bind the HTTP port; tear down in reverse on exit.
 
     Like the primary, nothing listens until there is a chain to serve: the first load must
@@ -390,8 +402,9 @@ async def running_replica(settings: Settings) -> AsyncIterator[RunningReplica]:
     lifecycle = Lifecycle()
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lifecycle.stopped)
-        store = ReplicaStore(settings.cache.stale_after_s)
-        follower = ReplicaFollower(store, settings.redis, lifecycle)
+        supervisor = await stack.enter_async_context(Supervisor())
+        store = ReplicaStore(Freshness(settings.cache.stale_after_s, market_calendar(settings, clock), clock))
+        follower = ReplicaFollower(store, settings.redis, lifecycle, supervisor=supervisor)
         lifecycle.to(Phase.WARMING, f"loading the chain from Redis at {follower.url}")
         await stack.enter_async_context(follower)
         stack.callback(lifecycle.stopping)
@@ -405,21 +418,14 @@ async def running_replica(settings: Settings) -> AsyncIterator[RunningReplica]:
             ) from None
 
         app = make_app(HttpContext(store, lifecycle, settings.http.cors_allow_origins))
-        runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        stack.callback(lifecycle.stopping)  # before the port closes: /readyz says stopping
-        site = web.TCPSite(runner, settings.http.host, settings.http.port)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = await serve_http(app, settings.http, stack, lifecycle)
         follower.serve()
         log.info("replica serving http://%s:%d/options/live from Redis", settings.http.host, port)
-        yield RunningReplica(settings, lifecycle, store, follower, port)
+        yield RunningReplica(settings, lifecycle, store, follower, port, supervisor=supervisor)
 
 
 async def serve_replica(settings: Settings) -> None:
-    """``livechain replica``: serve until cancelled (by a signal)."""
-    async with running_replica(settings):
-        await asyncio.Event().wait()
+    """``livechain replica``: serve until cancelled (by a signal), or a FATAL task crashed (exit 1)."""
+    async with running_replica(settings) as rep:
+        assert rep.supervisor is not None
+        raise await rep.supervisor.wait_failed()
