@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 from aiohttp import WSMsgType, web
 
+from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.dhan.packets import HEADER
 from feeds.dhan.requests import DisconnectRequest, parse_request
 from feeds.errors import FeedError, SubscriptionError
@@ -68,11 +69,14 @@ def segment_paths(base: Path) -> list[Path]:
 class Recorder:
     """Writes frames as they arrive (a ``FrameTap``); buffered, rotating, bounded on disk."""
 
-    def __init__(self, base: Path, metadata: dict[str, Any], *, max_bytes: int, max_files: int) -> None:
+    def __init__(
+        self, base: Path, metadata: dict[str, Any], *, max_bytes: int, max_files: int, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         if max_bytes < 4096 or max_files < 1:
             raise ValueError("max_bytes must be >= 4096 and max_files >= 1")
         self.base = base
-        self._meta = orjson.dumps({"format": 1, "created_at": dt.datetime.now(dt.UTC).isoformat(), **metadata})
+        created_at = dt.datetime.fromtimestamp(clock.time(), dt.UTC).isoformat()
+        self._meta = orjson.dumps({"format": 1, "created_at": created_at, **metadata})
         self._max_bytes = max_bytes
         self._max_files = max_files
         self._index = 0

@@ -219,7 +219,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         cache = ChainCache(skeleton, clock=clock)
         freshness = Freshness(settings.cache.stale_after_s, endpoint.calendar, clock)
         feed = build_feed(settings, skeleton, endpoint, clock)
-        recorder = open_recorder(settings, skeleton, feed)
+        recorder = open_recorder(settings, skeleton, feed, clock)
         if recorder is not None:
             stack.callback(recorder.close)
         health.cache, health.feed = cache, feed

@@ -161,14 +161,16 @@ def subscriptions_for(settings: Settings, skeleton: ChainSkeleton):  # noqa: ANN
     return plan_subscriptions(options, indices, mode)
 
 
-def open_recorder(settings: Settings, skeleton: ChainSkeleton, feed: DhanFeed) -> Recorder | None:
+def open_recorder(
+    settings: Settings, skeleton: ChainSkeleton, feed: DhanFeed, clock: Clock = SYSTEM_CLOCK
+) -> Recorder | None:
     """A recorder tapped into ``feed`` when ``record.path`` is set."""
     r = settings.record
     if r.path is None:
         return None
     subs = [(s.key[0], s.key[1], int(s.mode)) for c in feed.connections for s in c.subscriptions.values()]
     meta = recording_metadata(feed.config.url, write_scrip_master(skeleton), subs)
-    recorder = Recorder(r.path, meta, max_bytes=r.max_bytes, max_files=r.max_files)
+    recorder = Recorder(r.path, meta, max_bytes=r.max_bytes, max_files=r.max_files, clock=clock)
     feed.tap = recorder
     log.info("recording raw frames to %s (segments of %d bytes, at most %d)", r.path, r.max_bytes, r.max_files)
     return recorder

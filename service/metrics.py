@@ -403,6 +403,10 @@ _MIRROR_FIELDS = (
     ("connected", "mirror_connected", "gauge", "1 while the Redis mirror is connected"),
     ("lag_s_last", "mirror_lag_seconds", "gauge", "Cache change to Redis write, at the last flush"),
     ("queue_depth", "mirror_queue_depth", "gauge", "Chains waiting to be written to Redis"),
+    ("full_rewrites", "mirror_full_rewrites_total", "counter", "Full rewrites of the state in Redis"),
+    ("verifications", "mirror_verifications_total", "counter", "Checks that Redis still holds the mirror's run"),
+    ("state_lost", "mirror_state_lost_total", "counter",
+     "Times Redis was found without the mirror's state (restart, FLUSHALL, failover) and rewritten"),
 )
 
 

@@ -16,7 +16,6 @@ import pytest
 from feeds.clock import ManualClock
 from feeds.model import ChainSkeleton, OpenInterestTick, QuoteTick
 from service.analytics.compute import (
-    AnalyticsParams,
     ChainAnalytics,
     DhanGreeks,
     analyse,
@@ -33,7 +32,7 @@ from service.core.snapshot import render
 from tests.conftest import NOW, full_tick
 
 R = 0.065
-PARAMS = AnalyticsParams(rate=R)
+PARAMS = AnalyticsSettings(rate=R)
 STRIKES = (24900.0, 24950.0, 25000.0, 25050.0, 25100.0)
 EXPIRY = dt.date(2026, 11, 24)
 
@@ -163,7 +162,7 @@ def test_forward_falls_back_to_the_spot_carried_at_the_rate(cache: ChainCache) -
     assert a.chain["atm_strike"] == 25050.0  # 25,046.6: carried past 25,025
     assert a.chain["atm_straddle"] is None  # no PE price at the ATM strike
     assert PARAMS.forward == "parity"
-    spot_only = analyse(chain, NOW, AnalyticsParams(rate=R, forward="spot"))
+    spot_only = analyse(chain, NOW, AnalyticsSettings(rate=R, forward="spot"))
     assert spot_only.chain["forward_source"] == "spot"
 
 

@@ -7,7 +7,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from feeds.calendar import MarketCalendar
 from feeds.clock import ShiftedClock, ist_instant
@@ -29,6 +31,17 @@ MONDAY = dt.date(2026, 11, 23)
 MONDAY_11AM = ist_instant(MONDAY, dt.time(11, 0))
 MONDAY_4PM = ist_instant(MONDAY, dt.time(16, 0))
 STATE_BACK_S = 2.0  # the bound: verify_interval_s (1 s) plus a reconnect and a rewrite
+
+
+async def _metric(port: int | None, name: str) -> float | None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=UNIT_S)) as http:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
 
 
 async def _state_back(client, cache: ChainCache) -> bool:  # noqa: ANN001
@@ -73,6 +86,7 @@ async def test_redis_that_forgets_while_nothing_changes_is_rewritten(
         assert took < STATE_BACK_S
         if forget == "flushall":  # the connection survived: only the check can have noticed
             assert mirror.stats.state_lost == lost + 1
+            assert await _metric(svc.metrics_port, "livechain_mirror_state_lost_total") == lost + 1
         async with running_replica(replica_settings(redis_server.url)) as fresh:
             await until(caught_up(svc, fresh))
             await assert_same_bytes(svc, fresh)

@@ -35,7 +35,7 @@ from feeds.model import IST, FullTick, QuoteTick, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.market import Market
 from feeds.simulator.universe import build_universe
-from service.analytics.compute import AnalyticsParams, analyse, expiry_instant
+from service.analytics.compute import analyse, expiry_instant
 from service.analytics.runner import AnalyticsRunner
 from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
@@ -52,7 +52,7 @@ TARGET = 0.95
 
 def run(budget: Budget) -> list[Row]:
     _, chain = _chain()
-    params = AnalyticsParams(rate=RATE)
+    params = AnalyticsSettings(rate=RATE)
     _check(chain, params)
     ours = Contestant("ours", lambda: (analyse(chain, NOW, params), 1)[1])
     scalar = Contestant("scalar", lambda: (_scalar_pass(chain, NOW, RATE), 1)[1])
@@ -105,7 +105,7 @@ def _chain() -> tuple[ChainCache, Chain]:
     return cache, next(iter(cache.chains.values()))
 
 
-def _check(chain: Chain, params: AnalyticsParams) -> None:
+def _check(chain: Chain, params: AnalyticsSettings) -> None:
     """Refuse to time two implementations that do not give the same answers."""
     ours = analyse(chain, NOW, params)
     theirs = _scalar_pass(chain, NOW, RATE)

@@ -1,6 +1,6 @@
 """Option analytics of one chain: forward, ATM, PCR, max pain, straddle, and per leg IV/greeks.
 
-``analyse(chain, now, params)`` reads a cache ``Chain`` (synchronously, on the event loop:
+``analyse(chain, now, settings, calendar)`` reads a cache ``Chain`` (synchronously, on the event loop:
 the owner's state cannot change under it) and returns an immutable ``ChainAnalytics``.
 The math is ``service.analytics.greeks`` (Black-76, vectorized over the chain's legs).
 
@@ -47,6 +47,7 @@ import orjson
 from feeds.calendar import MarketCalendar
 from feeds.model import IST
 from service.core.cache import Chain, Leg
+from service.settings import AnalyticsSettings
 from service.analytics.greeks import DAYS_PER_YEAR, black76, implied_vol
 
 SECONDS_PER_YEAR = DAYS_PER_YEAR * 86_400
@@ -66,15 +67,6 @@ _NO_LEG = SimpleNamespace(ltp=None, oi=None, volume=None, dhan=None)  # a strike
 
 LegValues = tuple[float | None, float | None, float | None, float | None, float | None, str | None]
 LegKey = tuple[float, str]  # strike, "CE" | "PE"
-
-
-@dataclass(frozen=True, slots=True)
-class AnalyticsParams:
-    rate: float  # annual, continuously compounded
-    forward: str = "parity"  # "parity" (falling back to the spot) or "spot"
-    parity_strikes: int = 3
-    # Whose session close ends an expiry (market.close_time): the one definition of that instant.
-    calendar: MarketCalendar = MarketCalendar()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +227,18 @@ def max_pain(strikes: np.ndarray, call_oi: np.ndarray, put_oi: np.ndarray) -> fl
     return float(strikes[int(np.argmin(calls + puts))])
 
 
-def analyse(chain: Chain, now: float, params: AnalyticsParams) -> ChainAnalytics:
-    """The chain's analytics at the instant ``now`` (UTC epoch seconds)."""
+def analyse(
+    chain: Chain, now: float, params: AnalyticsSettings, calendar: MarketCalendar = MarketCalendar()
+) -> ChainAnalytics:
+    """The chain's analytics at the instant ``now`` (UTC epoch seconds), with the model's
+    settings (``analytics.rate``, ``forward``, ``parity_strikes``); an expiry ends at
+    ``calendar``'s session close."""
     rows = chain.rows
     strikes = np.fromiter((s for s, _, _ in rows), np.float64, len(rows))
     ce = [_NO_LEG if c is None else c for _, c, _ in rows]
     pe = [_NO_LEG if p is None else p for _, _, p in rows]
     ce_ltp, pe_ltp = _column(ce, "ltp"), _column(pe, "ltp")
-    years = years_to_expiry(chain.expiry, now, params.calendar)
+    years = years_to_expiry(chain.expiry, now, calendar)
     live = years > 0
     growth = math.exp(params.rate * years) if live else 1.0  # e^{rT}: undiscounts a premium
 

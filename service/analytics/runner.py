@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from feeds.throttle import LogThrottle
 from feeds.calendar import MarketCalendar
 from feeds.clock import SYSTEM_CLOCK, Clock
-from service.analytics.compute import AnalyticsParams, analyse
+from service.analytics.compute import analyse
 from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
 from service.tasks import Child, Supervisor
@@ -37,12 +36,6 @@ class AnalyticsStats:
     seconds_total: float = 0.0  # time spent computing them
     errors: int = 0
     last_seconds: dict[tuple[str, str], float] = field(default_factory=dict)  # (underlying, expiry) → last pass
-
-
-def params_of(settings: AnalyticsSettings, calendar: MarketCalendar = MarketCalendar()) -> AnalyticsParams:
-    return AnalyticsParams(
-        rate=settings.rate, forward=settings.forward, parity_strikes=settings.parity_strikes, calendar=calendar
-    )
 
 
 class AnalyticsRunner:
@@ -61,7 +54,8 @@ class AnalyticsRunner:
         restarts it after a crash; an error analysing one chain is counted, not a crash."""
         self._cache = cache
         self._interval_s = settings.interval_s
-        self._params = params_of(settings, calendar)
+        self._settings = settings
+        self._calendar = calendar
         self._clock = clock
         self._seen: dict[Chain, int] = {}  # chain → its version right after its analytics were installed
         self._epoch = cache.layout_epoch  # the cache layout _seen was kept for
@@ -88,7 +82,7 @@ class AnalyticsRunner:
                 continue
             started = time.perf_counter()
             try:
-                result = analyse(chain, now, self._params)
+                result = analyse(chain, now, self._settings, self._calendar)
             except Exception as exc:  # a bug: keep serving (without fresh analytics), say so loudly
                 self.stats.errors += 1
                 if self.stats.errors == 1:

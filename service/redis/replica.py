@@ -17,14 +17,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from service.analytics.compute import ChainAnalytics
 from service.core.chains import ExpiryInfo, UnderlyingInfo
