@@ -30,6 +30,8 @@ class MarketCalendar:
     holidays: frozenset[dt.date] = field(default_factory=frozenset)
     always_open: bool = False  # the simulator trades around the clock
     never_open: bool = False  # a replay: silence is never a dead feed
+    # NSE's pre-open call auction (orders collected and matched before the session): 09:00–09:15.
+    pre_open_time: dt.time = dt.time(9, 0)
 
     def __post_init__(self) -> None:
         if self.always_open and self.never_open:
@@ -51,6 +53,34 @@ class MarketCalendar:
             return self.always_open
         now = dt.datetime.fromtimestamp(epoch_s, IST)
         return self.is_trading_day(now.date()) and self.open_time <= now.time() < self.close_time
+
+    def state(self, epoch_s: float) -> str:
+        """``"pre_open"`` (a trading day from ``pre_open_time`` to ``open_time``), ``"open"`` or ``"closed"``."""
+        if self.always_open or self.never_open:
+            return "open" if self.always_open else "closed"
+        now = dt.datetime.fromtimestamp(epoch_s, IST)
+        if not self.is_trading_day(now.date()):
+            return "closed"
+        t = now.time()
+        if self.open_time <= t < self.close_time:
+            return "open"
+        return "pre_open" if min(self.pre_open_time, self.open_time) <= t < self.open_time else "closed"
+
+    def next_open(self, epoch_s: float, *, horizon_days: int = 31) -> dt.datetime | None:
+        """The start of the next session that has not started yet at ``epoch_s`` (while a session
+        runs: the following one); None for an always- or never-open calendar, or when no trading
+        day falls within ``horizon_days``."""
+        if self.always_open or self.never_open:
+            return None
+        now = dt.datetime.fromtimestamp(epoch_s, IST)
+        day = now.date()
+        for _ in range(horizon_days + 1):
+            if self.is_trading_day(day):
+                start = dt.datetime.combine(day, self.open_time, IST)
+                if start > now:
+                    return start
+            day += dt.timedelta(days=1)
+        return None
 
     def session_close(self, day: dt.date) -> dt.datetime:
         """The instant a day's session (and an expiry on that day) ends."""

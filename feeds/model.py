@@ -1,6 +1,6 @@
 """Domain types shared by every feed: instrument keys, the option-chain skeleton and ticks.
 
-Wire packets (``feeds.dhan.packets``) are normalised into these by the broker adapter:
+Wire packets (``feeds.dhan.packets``, ``feeds.kite.packets``) are normalised into these by the broker adapter:
 true UTC instants, prices rounded to the instrument's tick, keyed by ``(segment, security_id)``.
 Tick types are ``NamedTuple``s: immutable, and the cheapest immutable object Python builds.
 """
@@ -129,7 +129,8 @@ class TradeTick(NamedTuple):
 
 
 class QuoteTick(NamedTuple):
-    """Trade, volume and day OHLC without depth (Dhan Quote)."""
+    """Trade, volume and day OHLC without depth (Dhan Quote; Kite quote and index packets,
+    which leave the fields they do not carry ``None``)."""
 
     key: InstrumentKey
     ltp: float | None
@@ -178,7 +179,7 @@ class OpenInterestTick(NamedTuple):
 class PrevCloseTick(NamedTuple):
     key: InstrumentKey
     prev_close: float | None
-    prev_oi: int
+    prev_oi: int | None  # None: the broker does not send it (Kite)
     received_at: float
 
 

@@ -1,17 +1,18 @@
 """The seam between a feed and the service: a feed source pushes ticks and events into a sink.
 
-Every feed (the Dhan client against Dhan or the simulator, a replay later) implements
+Every feed (the Dhan or Kite client, against the broker, the simulator or a replay) implements
 ``FeedSource``; the service implements ``FeedSink``. Calls into the sink are synchronous
 and happen on the event loop, so the sink's owner can apply them without locks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from feeds.model import InstrumentKey, Tick
+from feeds.connection import ConnectionStats
+from feeds.model import ChainSkeleton, InstrumentKey, Tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,39 @@ class FeedSink(Protocol):
         """A control event about a connection."""
 
 
+class FeedConnection(Protocol):
+    """One broker socket as the service sees it: an index, plain stats, what it subscribes."""
+
+    index: int
+    stats: ConnectionStats
+    subscriptions: Mapping[Any, Any]  # one entry per subscription held on this socket
+
+
 class FeedSource(Protocol):
+    """A live feed as the service sees it, whatever the broker (``DhanFeed``, ``KiteFeed``).
+
+    The service never imports a broker package except where it chooses the source
+    (``service/feed_source.py``); everything else goes through this."""
+
+    broker: str  # "dhan", "kite": named in /options/underlyings and in metrics
+    packet_names: Mapping[type, str]  # packet class -> the name counted in metrics
+    connections: Sequence[FeedConnection]
+    is_market_open: Callable[[float], bool]
+
     @property
     def instruments(self) -> frozenset[InstrumentKey]:
         """Every instrument this source subscribes."""
+
+    @property
+    def unknown_instrument_packets(self) -> int:
+        """Packets received for instruments not subscribed."""
+
+    def check_capacity(self, skeleton: ChainSkeleton) -> None:
+        """Raise SubscriptionError, with the numbers, if ``skeleton`` cannot fit the broker's limits."""
+
+    async def update_skeleton(self, skeleton: ChainSkeleton) -> tuple[int, int]:
+        """Subscribe ``skeleton``'s instruments on the live sockets, unsubscribing the rest;
+        (added, removed)."""
 
     async def run(self, sink: FeedSink) -> None:
         """Stream into ``sink`` until cancelled; raise FatalFeedError when retrying cannot help."""

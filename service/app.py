@@ -18,24 +18,24 @@ from typing import Any
 
 from feeds.calendar import MarketCalendar
 from feeds.clock import SYSTEM_CLOCK, Clock
-from feeds.dhan.client import DhanFeed
-from feeds.dhan.instruments import load_scrip_master
-from feeds.dhan.rest import OptionChainClient, UniqueRequestLimiter
 from feeds.errors import FatalFeedError, InstrumentMasterError
 from feeds.model import ChainSkeleton
+from feeds.source import FeedSource
 from feeds.replay import Recorder, ReplayServer
 from feeds.simulator.server import SimulatorServer
 from service.analytics.runner import AnalyticsRunner
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
 from service.core.freshness import Freshness
-from service.feed_source import FeedEndpoint, build_feed, open_endpoint, open_recorder
+from service.feed_source import FeedEndpoint, build_feed, load_master, open_endpoint, open_recorder, option_chain_client
 from service.errors import ConfigError, FeedFatal, ReadinessTimeout
 from service.core.health import Health
-from service.http import HttpContext, make_app, serve_http
+from service.auth import load_api_keys
+from service.http import HttpContext, bind_http, make_app, serve_http
+from service.stream import StreamConfig
 from service.core.ingest import Ingest
 from service.core.lifecycle import Lifecycle, Phase
-from service.metrics import Metrics, metrics_server
+from service.metrics import METRICS_MAX_CONNECTIONS, Metrics, metrics_server
 from service.redis.mirror import MirrorStats, RedisMirror
 from service.analytics.rest_seed import RestSeeder
 from service.core.roll import ExpiryRoller, live_skeleton
@@ -54,7 +54,7 @@ class RunningService:
     lifecycle: Lifecycle
     cache: ChainCache
     ingest: Ingest
-    feed: DhanFeed
+    feed: FeedSource
     http_port: int
     feed_task: asyncio.Task[None]
     simulator: SimulatorServer | None = None
@@ -70,19 +70,20 @@ class RunningService:
     supervisor: Supervisor | None = None  # the background tasks (analytics, seeder, roller, mirror)
 
 
-async def _load_master(settings: Settings, source: str) -> ChainSkeleton:
-    """Every expiry the scrip master lists for the configured underlyings."""
-    return await load_scrip_master(source, settings.instruments.underlyings, timeout_s=settings.instruments.load_timeout_s)
+async def _load_master(settings: Settings, endpoint: FeedEndpoint, clock: Clock = SYSTEM_CLOCK) -> ChainSkeleton:
+    """Every expiry the broker's instrument master lists for the configured underlyings
+    (``service.feed_source.load_master``: Dhan's through the day's cached copy)."""
+    return await load_master(settings, endpoint, clock)
 
 
 async def _load_instruments(
-    settings: Settings, source: str, calendar: MarketCalendar, clock: Clock
+    settings: Settings, endpoint: FeedEndpoint, calendar: MarketCalendar, clock: Clock
 ) -> tuple[ChainSkeleton, ChainSkeleton]:
     """(the full list, the live chains to serve now)."""
     try:
-        full = await _load_master(settings, source)
+        full = await _load_master(settings, endpoint, clock)
     except InstrumentMasterError as exc:
-        raise ConfigError(f"cannot load instruments: {exc}") from exc
+        raise ConfigError(f"cannot load instruments (setting instruments.source): {exc}") from exc
     skeleton = live_skeleton(full, settings.instruments.max_expiries, clock.time(), calendar)
     empty = [s for s, u in skeleton.underlyings.items() if not u.expiries]
     if empty:
@@ -189,15 +190,11 @@ async def _start_seeder(
     wanted = settings.feed.kind == "dhan" if a.seed == "auto" else a.seed
     if not wanted:
         return None
-    if endpoint.rest_url is None:
+    client = option_chain_client(settings, endpoint)
+    if client is None:
         log.warning("analytics.seed is on but feed.kind = %s has no option-chain REST API: not seeding",
                     settings.feed.kind)  # fmt: skip
         return None
-    client = OptionChainClient(
-        endpoint.rest_url, endpoint.credentials, limiter=UniqueRequestLimiter(a.rest_min_interval_s),
-        timeout_s=a.rest_timeout_s, max_attempts=a.rest_max_attempts, backoff_initial_s=a.rest_backoff_initial_s,
-        backoff_max_s=a.rest_backoff_max_s,
-    )
     log.info("seeding option chains from the REST API at %s, reconciling every %gs", endpoint.rest_url,
              a.reconcile_s)  # fmt: skip
     return await stack.enter_async_context(RestSeeder(cache, client, a.reconcile_s, supervisor=supervisor))
@@ -214,11 +211,15 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         supervisor = await stack.enter_async_context(Supervisor())  # exits last: every task is stopped
         health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s, clock=clock)
         metrics, metrics_port = await _start_metrics(settings, health, stack, clock)
+        http_sock = bind_http(settings.http)  # a port in use fails now (exit 2), not after warm-up
+        api_keys = load_api_keys(settings.http.api_keys, settings.http.api_keys_file)
+        stack.callback(http_sock.close)
         endpoint = await open_endpoint(settings, stack, clock)
-        full, skeleton = await _load_instruments(settings, endpoint.scrip_master, endpoint.calendar, clock)
+        full, skeleton = await _load_instruments(settings, endpoint, endpoint.calendar, clock)
         cache = ChainCache(skeleton, clock=clock)
         freshness = Freshness(settings.cache.stale_after_s, endpoint.calendar, clock)
         feed = build_feed(settings, skeleton, endpoint, clock)
+        cache.broker = feed.broker
         recorder = open_recorder(settings, skeleton, feed, clock)
         if recorder is not None:
             stack.callback(recorder.close)
@@ -250,15 +251,20 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 CacheChains(cache, freshness), lifecycle,
                 settings.http.cors_allow_origins,
                 health=health,
+                stream=StreamConfig.of(settings.http),
+                api_keys=api_keys,
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )
-        port = await serve_http(app, settings.http, stack, lifecycle)
+        port = await serve_http(
+            app, settings.http, stack, lifecycle, sock=http_sock,
+            reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,
+        )  # fmt: skip
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
         roller = ExpiryRoller(
             settings, full, endpoint.calendar, cache, feed,
-            reload=lambda: _load_master(settings, endpoint.scrip_master), clock=clock,
+            reload=lambda: _load_master(settings, endpoint, clock), clock=clock,
         )
         stack.push_async_callback(supervisor.spawn("expiry-roll", roller.run).stop)
         yield RunningService(

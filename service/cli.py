@@ -40,10 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--speed", type=float, help="1 = recorded pace, 10 = ten times faster, 0 = as fast as possible")
     replica = sub.add_parser("replica", help="serve the HTTP API from Redis (a read replica; no broker connection)")
     replica.add_argument("--config", type=Path, help="TOML settings file; [redis], [http] and [cache] are used")
+    doc = sub.add_parser("doctor", help="check settings, credentials, instruments, feed, Redis and ports; exit 1 on a failure")
+    doc.add_argument("--config", type=Path, help="TOML settings file (as for run)")
+    doc.add_argument("--no-feed", action="store_true",
+                     help="skip the feed check (it opens one of the account's 5 sockets for a few seconds)")
     sim = sub.add_parser("simulate", help="run the Dhan v2 simulator standalone")
     sim.add_argument("--config", type=Path, help="TOML settings file; its [simulator] section is used")
     sim.add_argument("--host", help="bind address (default: simulator.host)")
     sim.add_argument("--port", type=int, help="port (default: 8765)")
+    sim.add_argument(
+        "--broker", choices=("dhan", "kite"), default="dhan",
+        help="the protocol spoken: Dhan v2 (default) or Zerodha Kite's ticker (instruments CSV at /instruments)",
+    )
     sim.add_argument(
         "--fault", dest="faults", action="append", type=_fault, default=[], metavar="KIND@SECONDS[+DURATION][=ARG]",
         help="inject a fault: drop@30, silence@60+20, garbage@90, disconnect@120=805, reject@150=429x3",
@@ -75,15 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(getattr(args, "config", None))
     except ServiceError as exc:
+        if command == "doctor":
+            print(f"livechain doctor\n  FAIL  settings       {exc}\nFAILED: settings", flush=True)
+            return exc.exit_code
         configure_logging()
         log.error("%s", exc)
         return exc.exit_code
+    if command == "doctor":
+        from service.doctor import run_doctor
+
+        configure_logging("WARNING", settings.logging.json_format)  # the checklist is the output
+        return run_doctor(settings, config=getattr(args, "config", None), check_feed=not args.no_feed)
     configure_logging(settings.logging.level, settings.logging.json_format)
     try:
         if command == "simulate":
             from service.feed_source import simulate
 
-            asyncio.run(simulate(settings.simulator, host=args.host, port=args.port, faults=tuple(args.faults)))
+            asyncio.run(simulate(
+                settings.simulator, host=args.host, port=args.port, faults=tuple(args.faults), broker=args.broker
+            ))  # fmt: skip
         elif command == "replica":
             from service.app import run_replica
 

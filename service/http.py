@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -19,7 +22,12 @@ from aiohttp import web
 from service.core.chains import ChainSource
 from service.core.health import Health
 from service.core.lifecycle import Lifecycle
+from service.core.snapshot import ChainSnapshot
+from service.listen import bind_socket, connection_budget, guarded_server
 from service.settings import HttpSettings
+
+if TYPE_CHECKING:
+    from service.stream import StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,8 @@ class HttpContext:
     lifecycle: Lifecycle
     cors_allow_origins: tuple[str, ...] = ()
     health: Health | None = None  # why a serving process is degraded; see service.core.health
+    stream: StreamConfig | None = None  # /options/stream's limits (service.stream); None: the defaults
+    api_keys: tuple[bytes, ...] = ()  # service.auth: empty = no authentication
 
 
 CONTEXT = web.AppKey("context", HttpContext)
@@ -54,22 +64,36 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
+_SYMBOL = re.compile(r"[A-Za-z0-9&-]{1,32}", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
+def if_none_match(request: web.BaseRequest) -> str | None:
+    """Every ``If-None-Match`` header of the request as one list (a client may send several)."""
+    values = request.headers.getall("If-None-Match", [])
+    return ", ".join(values) if values else None
+
+
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     if header.strip() == "*":
         return True
     # Weak comparison (RFC 9110 §13.1.2): W/"x" matches "x".
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+    return any(tag.strip() == "*" or tag.strip().removeprefix("W/") == etag for tag in header.split(","))
 
 
-async def options_live(request: web.Request) -> web.StreamResponse:
+def resolve_chain(request: web.Request) -> ChainSnapshot:
+    """The snapshot that ``?underlying=…[&expiry=YYYY-MM-DD]`` names (expiry: the nearest), or an
+    ``ApiError`` (400 bad parameters, 404 unknown underlying or expiry). Shared by every route
+    that serves a chain (``/options/live``, ``/options/stream``, the NSE-shaped ones)."""
     chains = request.app[CONTEXT].chains
     raw_underlying = request.query.get("underlying", "").strip()
     if not raw_underlying:
         raise ApiError(400, "missing_parameter", "query parameter 'underlying' is required, e.g. ?underlying=NIFTY")
     underlying = raw_underlying.upper()
-    if not underlying.replace("-", "").replace("&", "").isalnum() or len(underlying) > 32:
+    # ASCII only, checked before upper(): "nıfty" (dotless ı) must not become NIFTY.
+    if not _SYMBOL.fullmatch(raw_underlying):
         raise ApiError(400, "bad_parameter", "'underlying' must be a symbol such as NIFTY")
     expiries = chains.expiries(underlying)
     if expiries is None:
@@ -81,23 +105,36 @@ async def options_live(request: web.Request) -> web.StreamResponse:
             raise ApiError(404, "no_expiry", f"{underlying} has no unexpired expiry loaded")
     else:
         try:
+            # Strictly YYYY-MM-DD: fromisoformat alone also takes 2026-W50-2 and 20261124.
+            if not _DATE.fullmatch(raw_expiry):
+                raise ValueError("not YYYY-MM-DD")
             expiry = dt.date.fromisoformat(raw_expiry)
-            if len(raw_expiry) != 10:
-                raise ValueError(raw_expiry)
         except ValueError:
             raise ApiError(400, "bad_parameter", "'expiry' must be a date as YYYY-MM-DD") from None
     snap = chains.snapshot(underlying, expiry)
     if snap is None:
         listed = ", ".join(d.isoformat() for d in expiries)
         raise ApiError(404, "unknown_expiry", f"{underlying} has no expiry {expiry.isoformat()}; expiries: {listed}")
+    return snap
+
+
+async def options_live(request: web.Request) -> web.StreamResponse:
+    if request.query.get("format", "json") != "json":
+        from service.nse import options_live_nse  # NSE's own shape (README "NSE-compatible output")
+
+        return await options_live_nse(request)
+    snap = resolve_chain(request)
     headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
-    if _etag_matches(request.headers.get("If-None-Match"), snap.etag):
+    if _etag_matches(if_none_match(request), snap.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=snap.body, headers=headers, content_type="application/json")
 
 
 async def options_underlyings(request: web.Request) -> web.StreamResponse:
+    chains = request.app[CONTEXT].chains
+    broker = getattr(chains, "broker", None)  # whose feed: the same field from a primary and its replicas
     body = {
+        **({"broker": broker} if broker is not None else {}),
         "underlyings": [
             {
                 "underlying": u.underlying,
@@ -154,15 +191,16 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
         if request.method == "OPTIONS" and permitted and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "If-None-Match"
+            response.headers["Access-Control-Allow-Headers"] = "If-None-Match, Authorization, X-API-Key"
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
         if permitted:
             response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
             response.headers["Access-Control-Expose-Headers"] = "ETag"
-            if not allow_any:
-                response.headers["Vary"] = "Origin"
+        if not allow_any and "Origin" not in response.headers.getall("Vary", []):
+            # The answer depends on the Origin header (allowed or not): caches must key on it.
+            response.headers.add("Vary", "Origin")
         return response
 
     return cors
@@ -171,6 +209,10 @@ def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.Str
 def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = ()) -> web.Application:
     """``outer_middlewares`` wrap everything else (e.g. metrics, which must see final statuses)."""
     middlewares = [errors_middleware]
+    if context.api_keys:
+        from service.auth import auth_middleware  # inside CORS: a browser can read the 401
+
+        middlewares.insert(0, auth_middleware(context.api_keys))
     if context.cors_allow_origins:
         middlewares.insert(0, cors_middleware(context.cors_allow_origins))
     middlewares[:0] = outer_middlewares
@@ -180,21 +222,46 @@ def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = 
     app.router.add_get("/options/underlyings", options_underlyings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    # Routes of their own modules: live push, NSE's shape, the page at /.
+    from service import nse as _nse, stream as _stream, web as _page
+
+    _stream.add_routes(app, context)
+    _nse.add_routes(app)
+    _page.add_routes(app)
+    from service import openapi as _openapi  # GET /openapi.json, kept in step by tests/test_openapi.py
+
+    _openapi.add_routes(app)
     return app
 
 
+def bind_http(settings: HttpSettings) -> socket.socket:
+    """Bind (not listen on) ``http.host``/``http.port`` now: a port in use or a wrong host stops
+    startup at once, with exit 2 naming the setting, instead of after warm-up. Nothing
+    listens until ``serve_http`` is given the socket after the readiness gate."""
+    return bind_socket(settings.host, settings.port, host_key="http.host", port_key="http.port")
+
+
 async def serve_http(app: web.Application, settings: HttpSettings, stack: contextlib.AsyncExitStack,
-                     lifecycle: Lifecycle) -> int:  # fmt: skip
-    """Bind ``app`` on ``http.host``/``http.port`` and return the bound port; the primary and the
-    replica both open their port through here, once they have something to serve.
+                     lifecycle: Lifecycle, *, sock: socket.socket | None = None,
+                     reserve_connections: int = 0) -> int:  # fmt: skip
+    """Serve ``app`` on ``sock`` (from ``bind_http``; bound now when None) and return the bound
+    port; the primary and the replica both open their port through here, once they have
+    something to serve. Connections are bounded (``service.listen``): keep-alive and header
+    timeouts, and at most ``http.max_connections`` open at once, lowered to leave the feed
+    its descriptors (``reserve_connections``: the other ports' caps).
 
     Teardown is pushed on ``stack``: the lifecycle says "stopping" (so /readyz answers 503)
     before the port closes, and in-flight requests get ``shutdown_timeout_s``.
     """
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
+    if sock is None:
+        sock = bind_http(settings)
+    cap = connection_budget(settings.max_connections, others=reserve_connections, what="http.max_connections")
+    site = await stack.enter_async_context(
+        guarded_server(
+            app, sock, max_connections=cap, idle_timeout_s=settings.idle_timeout_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s, shutdown_timeout_s=settings.shutdown_timeout_s,
+            name=f"http {settings.host}:{settings.port}",
+        )
+    )  # fmt: skip
     stack.callback(lifecycle.stopping)
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    return runner.addresses[0][1]
+    return site.port

@@ -36,18 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from feeds.clock import SYSTEM_CLOCK, Clock
-from feeds.dhan.packets import (
-    DisconnectPacket,
-    FullPacket,
-    MarketDepthPacket,
-    MarketStatusPacket,
-    OIPacket,
-    PrevClosePacket,
-    QuotePacket,
-    TickerPacket,
-    UnknownPacket,
-)
-from service.errors import ConfigError
+from service.listen import bind_socket, guarded_server
 from service.core.health import Health
 from service.core.lifecycle import Phase
 
@@ -58,19 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "livechain_"
-
-# Packet classes as Dhan's response codes name them (reference §4): the client counts by class.
-PACKET_TYPES: dict[type, str] = {
-    TickerPacket: "ticker",
-    MarketDepthPacket: "market_depth",
-    QuotePacket: "quote",
-    OIPacket: "oi",
-    PrevClosePacket: "prev_close",
-    MarketStatusPacket: "market_status",
-    FullPacket: "full",
-    DisconnectPacket: "disconnect",
-    UnknownPacket: "unknown",
-}
 
 # Receive-to-applied is tens of µs when idle and grows with a backlog: log-spaced up to 2.5 s.
 INGEST_LATENCY_BUCKETS_S = (
@@ -141,7 +117,7 @@ class HttpMetrics:
             start = time.perf_counter()
             # The route's pattern, never the raw path: unknown paths must not mint new series.
             resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
+            route = resource.canonical if resource is not None else await _path_route(request)
             status = 500  # an exception that escapes every handler becomes aiohttp's 500
             try:
                 response = await handler(request)
@@ -157,6 +133,16 @@ class HttpMetrics:
                 record(route, status, time.perf_counter() - start)
 
         return observe
+
+
+async def _path_route(request: web.Request) -> str:
+    """The pattern of the route whose path matched when its method did not (a 405, a CORS
+    preflight), else ``unmatched``: still never the raw path."""
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        if allowed:
+            return resource.canonical
+    return "unmatched"
 
 
 class LivechainCollector(Collector):
@@ -252,11 +238,30 @@ class LivechainCollector(Collector):
         for name, ok in report.checks.items():
             checks.add_metric([name], float(ok))
         yield checks
+        if report.market_open is not None:  # alerts about silence apply only while it is 1
+            yield GaugeMetricFamily(
+                PREFIX + "market_open", "1 while the market calendar has a session in progress",
+                value=float(report.market_open),
+            )
 
     def _feed(self, feed: object, now: float) -> Iterator[Metric]:
         connections = list(getattr(feed, "connections", ()))
+        # The client counts packets by class; the feed names its classes (feeds.source.FeedSource).
+        names = getattr(feed, "packet_names", {})
+        broker = getattr(feed, "broker", None)
+        if broker is not None:
+            info = GaugeMetricFamily(PREFIX + "feed_info", "The broker whose feed this is (value 1)", labels=["broker"])
+            info.add_metric([broker], 1.0)
+            yield info
         packets = CounterMetricFamily(
-            PREFIX + "feed_packets_total", "Packets received, by Dhan response type", labels=["connection", "type"]
+            PREFIX + "feed_packets_total", "Packets received, by the broker's packet type", labels=["connection", "type"]
+        )
+        heartbeats = CounterMetricFamily(
+            PREFIX + "feed_heartbeats_total", "Heartbeat frames received (Kite's 1-byte frames)", labels=["connection"]
+        )
+        server_errors = CounterMetricFamily(
+            PREFIX + "feed_server_errors_total", "Error messages sent by the broker (Kite's text error frames)",
+            labels=["connection"],
         )
         frames = CounterMetricFamily(PREFIX + "feed_frames_total", "WebSocket frames received", labels=["connection"])
         received = CounterMetricFamily(
@@ -289,7 +294,9 @@ class LivechainCollector(Collector):
             c = str(conn.index)
             s = conn.stats
             for cls, n in s.packets_by_type.items():
-                packets.add_metric([c, PACKET_TYPES.get(cls, "unknown")], n)
+                packets.add_metric([c, names.get(cls, "unknown")], n)
+            heartbeats.add_metric([c], s.heartbeats)
+            server_errors.add_metric([c], s.server_errors)
             frames.add_metric([c], s.frames)
             received.add_metric([c], s.bytes)
             errors.add_metric([c], s.decode_errors)
@@ -302,7 +309,7 @@ class LivechainCollector(Collector):
             if s.last_frame_at is not None:
                 age.add_metric([c], max(0.0, now - s.last_frame_at))
             subscribed.add_metric([c], len(conn.subscriptions))
-        yield from (packets, frames, received, errors, up, connects, ends, codes, age, subscribed)
+        yield from (packets, frames, received, errors, up, connects, ends, codes, age, subscribed, heartbeats, server_errors)
         yield GaugeMetricFamily(
             PREFIX + "feed_connections_open", "Feed connections open", value=float(sum(c.stats.connected for c in connections))
         )
@@ -464,18 +471,21 @@ def make_metrics_app(metrics: Metrics) -> web.Application:
     return app
 
 
+# Prometheus and probes need few connections: a flood on this port must not starve the API or the feed.
+METRICS_MAX_CONNECTIONS = 64
+METRICS_IDLE_TIMEOUT_S = 10.0
+
+
 @contextlib.asynccontextmanager
 async def metrics_server(metrics: Metrics, host: str, port: int) -> AsyncIterator[int]:
-    """Serve ``metrics`` on ``host:port``; yields the bound port (useful when ``port`` is 0)."""
-    runner = web.AppRunner(make_metrics_app(metrics), handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise ConfigError(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}") from exc
-        bound = runner.addresses[0][1]
-        log.info("metrics on http://%s:%d/metrics", host, bound, extra={"metrics_port": bound})
-        yield bound
-    finally:
-        await runner.cleanup()
+    """Serve ``metrics`` on ``host:port``; yields the bound port (useful when ``port`` is 0).
+
+    Bounded like the API port (``service.listen``): at most ``METRICS_MAX_CONNECTIONS`` open,
+    idle and header timeouts; a port in use or a wrong host is a ConfigError naming the key."""
+    sock = bind_socket(host, port, host_key="metrics.host", port_key="metrics.port")
+    async with guarded_server(
+        make_metrics_app(metrics), sock, max_connections=METRICS_MAX_CONNECTIONS,
+        idle_timeout_s=METRICS_IDLE_TIMEOUT_S, keepalive_timeout_s=METRICS_IDLE_TIMEOUT_S, name="metrics",
+    ) as site:  # fmt: skip
+        log.info("metrics on http://%s:%d/metrics", host, site.port, extra={"metrics_port": site.port})
+        yield site.port

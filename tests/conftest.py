@@ -41,6 +41,13 @@ def dhan_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DHAN_ACCESS_TOKEN", "eyJ-test-token")
 
 
+@pytest.fixture(params=["dhan", "kite"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """Which broker's protocol the simulator speaks and the service's client reads: a test that
+    takes it (directly or through tests.test_service's ``sim``) runs once per broker."""
+    return request.param
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ from feeds.model import ChainSkeleton, OpenInterestTick, TradeTick
 from service.core.cache import Chain, ChainCache
 from service.core.freshness import Freshness
 from service.core.snapshot import render
+from service.core.freshness import ChainTimes
 from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 
 
@@ -136,7 +137,7 @@ def test_render_nulls_for_never_received_values(skeleton: ChainSkeleton) -> None
     chain = _first_chain(cache)
     leg = chain.rows[0][1]
     cache.apply([prev_close_tick(leg.key)])
-    doc = orjson.loads(render(chain, False).body)
+    doc = orjson.loads(render(chain, ChainTimes(False, 0, "open", None)).body)
     ce = doc["strikes"][0]["ce"]
     assert ce["prev_close"] == 95.0 and ce["prev_oi"] == 28000
     for field in ("ltp", "ltq", "ltt", "atp", "volume", "oi", "open", "high", "low", "close", "bid", "ask"):
@@ -151,11 +152,11 @@ def test_render_is_reused_until_the_chain_changes(skeleton: ChainSkeleton) -> No
     chain = _first_chain(cache)
     leg = chain.rows[0][1]
     cache.apply([full_tick(leg.key)])
-    first = render(chain, False)
-    assert render(chain, False) is first
-    assert render(chain, True).etag != first.etag
+    first = render(chain, ChainTimes(False, 0, "open", None))
+    assert render(chain, ChainTimes(False, 0, "open", None)) is first
+    assert render(chain, ChainTimes(True, 0, "open", None)).etag != first.etag
     cache.apply([full_tick(leg.key, ltp=102.0)])
-    second = render(chain, False)
+    second = render(chain, ChainTimes(False, 0, "open", None))
     assert second.version > first.version and second.etag != first.etag
     assert orjson.loads(second.body)["strikes"][0]["ce"]["ltp"] == 102.0
 
@@ -166,7 +167,7 @@ def test_times_are_ist_iso8601(skeleton: ChainSkeleton) -> None:
     chain = _first_chain(cache)
     leg = chain.rows[0][1]
     cache.apply([full_tick(leg.key, ltt=1_781_064_197, received_at=1_781_064_197.25)])
-    doc = orjson.loads(render(chain, False).body)
+    doc = orjson.loads(render(chain, ChainTimes(False, 0, "open", None)).body)
     assert doc["strikes"][0]["ce"]["ltt"] == "2026-06-10T09:33:17+05:30"
     assert doc["strikes"][0]["ce"]["updated_at"] == "2026-06-10T09:33:17.250000+05:30"
     assert doc["as_of"] == "2026-06-10T09:33:17.250000+05:30"

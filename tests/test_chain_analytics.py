@@ -29,6 +29,7 @@ from service.core.cache import Chain, ChainCache, LegSeed
 from service.analytics.greeks import black76
 from service.settings import AnalyticsSettings
 from service.core.snapshot import render
+from service.core.freshness import ChainTimes
 from tests.conftest import NOW, full_tick
 
 R = 0.065
@@ -65,7 +66,7 @@ def index(cache: ChainCache, ltp: float | None) -> None:
 
 def body_of(cache: ChainCache, chain: Chain, analytics: ChainAnalytics) -> dict:
     cache.set_analytics(chain, analytics)
-    return orjson.loads(render(chain, False).body)
+    return orjson.loads(render(chain, ChainTimes(False, 0, "open", None)).body)
 
 
 # --------------------------------------------------------------------------- PCR and max pain

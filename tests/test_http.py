@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feeds.calendar import MarketCalendar
 from feeds.clock import ManualClock, ist_instant
-from feeds.model import ChainSkeleton
+from feeds.model import IST, ChainSkeleton
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
 from service.core.freshness import Freshness
@@ -21,13 +21,14 @@ from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
 LEG_FIELDS = {
     "security_id", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low",
     "close", "bid", "bid_qty", "ask", "ask_qty", "updated_at", "stale",
-    "oi_change", "change", "change_pct", "two_sided",  # derived from the leg
+    "oi_change", "oi_change_pct", "change", "change_pct", "two_sided",  # derived from the leg
     "iv", "delta", "gamma", "theta", "vega", "iv_source",  # the chain's analytics (service.analytics.compute)
 }
 CHAIN_ANALYTICS_FIELDS = {
     "forward", "forward_source", "atm_strike", "atm_straddle", "pcr_oi", "pcr_volume", "max_pain", "years_to_expiry",
-    "analytics_as_of",
+    "totals", "max_oi", "max_oi_change", "analytics_as_of",
 }
+CLOCK_FIELDS = {"days_to_expiry", "market"}  # from the calendar and the clock (service.core.freshness)
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ async def test_live_chain_contract(client: TestClient, cache: ChainCache) -> Non
     body = await resp.json()
     assert set(body) == {
         "underlying", "expiry", "underlying_ltp", "lot_size", "as_of", "version", "stale", "strikes",
-        *CHAIN_ANALYTICS_FIELDS,
+        *CLOCK_FIELDS, *CHAIN_ANALYTICS_FIELDS,
     }
     # No analytics pass has run on this cache: every analytic is null, never 0 or a guess.
     assert all(body[name] is None for name in CHAIN_ANALYTICS_FIELDS)
@@ -92,6 +93,10 @@ async def test_live_chain_contract(client: TestClient, cache: ChainCache) -> Non
     assert (ce["bid"], ce["bid_qty"], ce["ask"], ce["ask_qty"], ce["prev_close"]) == (101.45, 150, 101.55, 225, 95.0)
     # Versus the previous session: OI 30000 vs 28000, LTP 101.5 vs 95.0.
     assert (ce["oi_change"], ce["change"], ce["change_pct"], ce["two_sided"]) == (2000, 6.5, 6.84, True)
+    assert ce["oi_change_pct"] == 7.14  # 2000 / 28000
+    # The calendar here is always open (the simulator's): open, no next session to wait for.
+    assert body["market"] == {"state": "open", "next_open": None}
+    assert body["days_to_expiry"] == (_expiries(cache)[1] - dt.datetime.fromtimestamp(NOW, IST).date()).days
     assert [ce[k] for k in ("iv", "delta", "gamma", "theta", "vega", "iv_source")] == [None] * 6
 
 

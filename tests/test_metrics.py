@@ -21,6 +21,7 @@ from feeds.clock import ManualClock
 from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig
 from feeds.dhan.packets import ResponseCode
 from feeds.model import ChainSkeleton
+from feeds.simulator.kite import KiteSimulatorServer
 from feeds.simulator.server import SimulatorServer
 from feeds.throttle import LogThrottle
 from service.app import running_service
@@ -105,9 +106,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 2 
             await asyncio.sleep(0.02)
 
 
+# A Kite packet's length is its type: the Kite simulator counts packets sent by length.
+KITE_PACKET_NAMES = {8: "ltp", 28: "index_quote", 32: "index_full", 44: "quote", 184: "full"}
+
+
 def packets_match_simulator(s: Scrape, server: SimulatorServer) -> bool:
     """Every packet type the simulator sent was counted exactly, and nothing else was."""
-    sent = {ResponseCode(code).name.lower(): n for code, n in server.stats.packets_sent.items()}
+    if isinstance(server, KiteSimulatorServer):
+        sent = {KITE_PACKET_NAMES[length]: n for length, n in server.stats.packets_sent.items()}
+    else:
+        sent = {ResponseCode(code).name.lower(): n for code, n in server.stats.packets_sent.items()}
     got = {dict(ls)["type"]: v for (n, ls), v in s.samples.items() if n == "livechain_feed_packets_total"}
     return sent == got
 
@@ -325,6 +333,7 @@ async def test_malformed_packets_are_counted_and_logged_sparingly(
 ) -> None:
     """Garbage from the broker moves the decode-error counter; the log gets one line, not one per packet."""
     caplog.set_level(logging.WARNING, logger="feeds.dhan.client")
+    caplog.set_level(logging.WARNING, logger="feeds.kite.client")
     async with running_service(settings_for(sim)) as svc:
         conn = svc.feed.connections[0]
         for _ in range(3):

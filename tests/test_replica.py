@@ -56,7 +56,10 @@ def primary_settings(url: str, **sections: dict) -> Settings:
 
 
 def replica_settings(url: str, **sections: dict) -> Settings:
-    base: dict[str, dict] = {"http": {"port": 0}, "readiness": {"timeout_s": 4 * UNIT_S}, "redis": _redis_section(url)}
+    base: dict[str, dict] = {
+        "http": {"port": 0}, "readiness": {"timeout_s": 4 * UNIT_S}, "redis": _redis_section(url),
+        "metrics": {"port": 0},  # a replica has its metrics/probe port too: never the fixed default in tests
+    }  # fmt: skip
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return Settings(**base)
@@ -116,9 +119,11 @@ async def primary_and_replica(
         yield svc, rep
 
 
-async def test_replica_serves_the_primarys_bytes(redis_server: RedisServer) -> None:  # noqa: F811
-    """For the same chain state the replica's body and ETag equal the primary's, byte for byte."""
-    async with primary_and_replica(redis_server.url) as (svc, rep):
+async def test_replica_serves_the_primarys_bytes(redis_server: RedisServer, broker: str) -> None:  # noqa: F811
+    """For the same chain state the replica's body and ETag equal the primary's, byte for byte
+    (the primary fed by Dhan's or Kite's protocol: the embedded simulator speaks either)."""
+    async with primary_and_replica(redis_server.url, simulator={"broker": broker}) as (svc, rep):
+        assert svc.feed.broker == broker
         assert rep.lifecycle.phase is Phase.READY
         sim = svc.simulator
         assert sim is not None
@@ -127,6 +132,8 @@ async def test_replica_serves_the_primarys_bytes(redis_server: RedisServer) -> N
         await frozen(svc)
         await until(caught_up(svc, rep))
         await assert_same_bytes(svc, rep)
+        status, body, _ = await get(rep.http_port, "/options/underlyings")
+        assert orjson.loads(body)["broker"] == broker  # named by the primary, served alike by the replica
         status, body, headers = await get(rep.http_port, "/options/live", underlying="NIFTY")
         primary_etag = (await get(svc.http_port, "/options/live", underlying="NIFTY"))[2]["etag"]
         async with aiohttp.ClientSession() as http:
@@ -142,10 +149,10 @@ async def test_replica_serves_the_primarys_bytes(redis_server: RedisServer) -> N
 
 
 async def test_redis_outage_replica_unready_primary_carries_on_nothing_lost(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer, broker: str,  # noqa: F811
 ) -> None:
     """Redis down: the primary ingests every frame, the replica says 503; back: both converge again."""
-    async with primary_and_replica(redis_server.url) as (svc, rep):
+    async with primary_and_replica(redis_server.url, simulator={"broker": broker}) as (svc, rep):
         sim = svc.simulator
         assert sim is not None and svc.mirror is not None
         await frozen(svc)  # a clean baseline: everything sent has been applied
@@ -302,3 +309,15 @@ async def test_livechain_replica_command(redis_server: RedisServer) -> None:  # 
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_replica_has_a_metrics_and_probe_port(redis_server: RedisServer) -> None:  # noqa: F811
+    """`livechain replica` serves /metrics, /healthz and /readyz on metrics.port, like the primary."""
+    async with primary_and_replica(redis_server.url) as (_svc, rep):
+        assert rep.metrics_port is not None and rep.metrics_port != rep.http_port
+        status, body, _ = await get(rep.metrics_port, "/readyz")
+        assert status == 200 and orjson.loads(body)["ready"] is True
+        assert (await get(rep.metrics_port, "/healthz"))[0] == 200
+        await get(rep.http_port, "/options/live", underlying="NIFTY")
+        status, text, _ = await get(rep.metrics_port, "/metrics")
+        assert status == 200 and b'livechain_http_requests_total{route="/options/live",status="200"}' in text

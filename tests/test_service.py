@@ -1,4 +1,9 @@
-"""The whole service against the simulator over real sockets: gate, HTTP, reconnects, failures."""
+"""The whole service against the simulator over real sockets: gate, HTTP, reconnects, failures.
+
+The ``sim`` fixture is parametrised by broker: each test that takes it runs once through the
+Dhan client against the Dhan simulator and once through the Kite client against the Kite
+simulator (the same synthetic market), with the same assertions.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 
 from feeds.dhan.packets import FeedMode, ResponseCode
 from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.kite import KiteSimulatorServer
 from feeds.simulator.server import SimulatorServer
 from service.app import RunningService, running_service
 from service.core.cache import ChainCache
@@ -24,7 +30,8 @@ SIM = dict(underlyings=("NIFTY",), expiries=2, strikes_per_side=5, tick_interval
 
 
 def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
-    """Settings for a service on a free port; with ``sim``, feed.kind=dhan pointed at it."""
+    """Settings for a service on a free port; with ``sim``, feed.kind=dhan (or kite, for a Kite
+    simulator) pointed at it."""
     base: dict[str, dict] = {
         "http": {"port": 0},
         "readiness": {"timeout_s": 4 * UNIT_S},
@@ -33,7 +40,11 @@ def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
         "metrics": {"port": 0},  # never the fixed default: suites may run side by side
         "redis": {"enabled": False},  # hermetic: never a developer's Redis; tests/test_mirror.py starts its own
     }
-    if sim is not None:
+    if isinstance(sim, KiteSimulatorServer):
+        base["feed"].update(kind="kite", url=sim.feed_url)
+        base["instruments"] = {"source": sim.instruments_url}
+        base["analytics"] = {"seed": False}
+    elif sim is not None:
         base["feed"].update(kind="dhan", url=sim.feed_url, rest_url=sim.rest_url)
         base["instruments"] = {"source": sim.scrip_master_url}
         # Seeding from the REST chain (on by default with kind=dhan) would fill in withheld legs;
@@ -44,9 +55,24 @@ def settings_for(sim: SimulatorServer | None, **sections: dict) -> Settings:
     return Settings(**base)
 
 
+def simulator_class(broker: str) -> type[SimulatorServer]:
+    return KiteSimulatorServer if broker == "kite" else SimulatorServer
+
+
+def broker_env(monkeypatch: pytest.MonkeyPatch, broker: str) -> None:
+    """Credentials as a user of feed.kind = dhan / kite sets them. Kite gets the Dhan token's
+    value when a test set one, so secret-leak checks written against it hold for both."""
+    import os
+
+    if broker == "kite":
+        monkeypatch.setenv("KITE_API_KEY", "kite-api-key")
+        monkeypatch.setenv("KITE_ACCESS_TOKEN", os.environ.get("DHAN_ACCESS_TOKEN", "kite-test-token"))
+
+
 @pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    async with SimulatorServer(SimulatorConfig(**SIM)) as server:
+async def sim(broker: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SimulatorServer]:
+    broker_env(monkeypatch, broker)
+    async with simulator_class(broker)(SimulatorConfig(**SIM)) as server:
         yield server
 
 
@@ -76,10 +102,16 @@ async def quiesce(server: SimulatorServer, svc: RunningService) -> None:
 def assert_cache_matches_simulator(cache: ChainCache, server: SimulatorServer) -> None:
     """Every instrument's cached values equal what the simulator last sent for it."""
     checked = 0
+    kite = isinstance(server, KiteSimulatorServer)
     for key, leg in cache.legs.items():
         sent = server.market.last_sent[key]
-        prev = sent[ResponseCode.PREV_CLOSE]
-        assert leg.prev_close == round(prev.prev_close, 2) and leg.prev_oi == prev.prev_oi, key
+        if kite:
+            # Kite's previous close is the close field of the quote/full packets; no previous OI exists.
+            close = sent[ResponseCode.QUOTE if leg.contract is None else ResponseCode.FULL].close
+            assert leg.prev_close == round(close, 2) and leg.prev_oi is None, key
+        else:
+            prev = sent[ResponseCode.PREV_CLOSE]
+            assert leg.prev_close == round(prev.prev_close, 2) and leg.prev_oi == prev.prev_oi, key
         if leg.contract is None:
             quote = sent[ResponseCode.QUOTE]
             assert leg.ltp == round(quote.ltp, 2) and leg.ltt == quote.ltt, key
@@ -149,8 +181,8 @@ async def test_embedded_simulator_serves_a_live_chain() -> None:
         assert [u["underlying"] for u in unds["underlyings"]] == ["NIFTY"]
 
 
-async def test_dhan_client_against_simulator_reproduces_its_state(sim: SimulatorServer, dhan_env: None) -> None:
-    """Through the real client path, every cached value equals what the simulator last sent."""
+async def test_client_against_simulator_reproduces_its_state(sim: SimulatorServer, dhan_env: None) -> None:
+    """Through the real client path (Dhan's or Kite's), every cached value equals what the simulator last sent."""
     async with running_service(settings_for(sim)) as svc:
         await until(lambda: sim.market.steps >= 5)
         await quiesce(sim, svc)
@@ -159,6 +191,9 @@ async def test_dhan_client_against_simulator_reproduces_its_state(sim: Simulator
         status, body = await get_json(svc.http_port, "/options/live", underlying="NIFTY")
         leg = svc.cache.legs[(2, body["strikes"][3]["ce"]["security_id"])]
         assert body["strikes"][3]["ce"]["ltp"] == leg.ltp and body["strikes"][3]["ce"]["oi"] == leg.oi
+        if isinstance(sim, KiteSimulatorServer):
+            assert body["strikes"][3]["ce"]["prev_oi"] is None and body["strikes"][3]["ce"]["oi_change"] is None
+            assert svc.feed.broker == "kite" and svc.feed.connections[0].stats.heartbeats >= 0
 
 
 async def test_port_stays_closed_until_the_chain_is_populated(sim: SimulatorServer, dhan_env: None) -> None:
@@ -215,6 +250,8 @@ async def test_dropped_feed_reconnects_resubscribes_and_recovers(sim: SimulatorS
         await quiesce(sim, svc)  # nothing in flight: every frame counted as sent is received
         assert sim.drop_connections() == 1
         await until(lambda: conn.stats.reconnects == 1 and sim.connections_open == 1)
+        # The client counts the reconnect once its messages are sent; the server reads them a moment later.
+        await until(lambda: sim.stats.subscribe_requests[FeedMode.FULL] >= 2 * subscribes)
         assert sim.stats.subscribe_requests[FeedMode.FULL] == 2 * subscribes
         await until(lambda: svc.lifecycle.phase is Phase.READY)
         sim.resume()
@@ -239,13 +276,19 @@ async def test_stale_while_disconnected(sim: SimulatorServer, dhan_env: None) ->
         assert status == 200 and ready["phase"] == "degraded" and "down" in ready["reason"]
 
 
-async def test_rejected_credentials_stop_the_service(dhan_env: None) -> None:
-    """A code-50 809 (token invalid) is fatal: no reconnect storm, a FeedFatal naming the reason."""
-    async with SimulatorServer(SimulatorConfig(**SIM, expected_token="the-right-token")) as server:
-        with pytest.raises(FeedFatal, match="809"):
+async def test_rejected_credentials_stop_the_service(broker: str, dhan_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused token is fatal once re-reading it gives the same one: Dhan's code-50 809 after the
+    upgrade, Kite's HTTP 403 at the upgrade; no reconnect storm, a FeedFatal naming the reason."""
+    broker_env(monkeypatch, broker)
+    async with simulator_class(broker)(SimulatorConfig(**SIM, expected_token="the-right-token")) as server:
+        match = "HTTP 403.*KITE_ACCESS_TOKEN still holds the same token" if broker == "kite" else "809"
+        with pytest.raises(FeedFatal, match=match):
             async with running_service(settings_for(server)):
                 pytest.fail("must not become ready")
-        assert server.stats.connections_accepted == 1
+        if broker == "kite":
+            assert server.stats.connections_accepted == 0 and server.handshakes_forbidden == 1
+        else:
+            assert server.stats.connections_accepted == 1
 
 
 async def test_dhan_feed_without_credentials_fails_fast() -> None:

@@ -91,7 +91,9 @@ def test_bad_values_name_the_key(monkeypatch: pytest.MonkeyPatch, env: dict[str,
 def test_feed_settings_are_the_client_config(monkeypatch: pytest.MonkeyPatch, skeleton: ChainSkeleton) -> None:
     """feed.* is DhanFeedConfig plus the service's keys; build_feed hands it over whole, with the endpoint's URL."""
     assert set(DhanFeedConfig.model_fields) < set(FeedSettings.model_fields)
-    assert set(FeedSettings.model_fields) - set(DhanFeedConfig.model_fields) == {"kind", "index_mode", "token_file", "rest_url"}
+    assert set(FeedSettings.model_fields) - set(DhanFeedConfig.model_fields) == {
+        "kind", "index_mode", "token_file", "token_command", "token_command_timeout_s", "rest_url"
+    }
     monkeypatch.setenv("LIVECHAIN_FEED__STALL_TIMEOUT_S", "7")
     monkeypatch.setenv("LIVECHAIN_FEED__MAX_BATCH_TICKS", "64")
     settings = load_settings()

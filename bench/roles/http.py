@@ -31,6 +31,8 @@ from feeds.model import FullTick, Tick
 from feeds.simulator.universe import build_universe
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
+from service.core.freshness import Freshness
+from feeds.calendar import MarketCalendar
 from service.core.health import Health
 from service.http import HttpContext, make_app
 from service.core.ingest import Ingest
@@ -77,7 +79,7 @@ class ServingApp:
         self.pool = _ticks(keys, 8192, 3)
         self.rate = rate
         self.expiry = next(iter(self.cache.chains))[1]
-        self.chains = CacheChains(self.cache, STALE_AFTER_S)
+        self.chains = CacheChains(self.cache, Freshness(STALE_AFTER_S, MarketCalendar(always_open=True)))
         self._ticker: asyncio.Task[None] | None = None
         self._applied = 0
         self._ticking_since = 0.0

@@ -33,6 +33,7 @@ from service.core.ingest import Ingest
 from service.redis.layout import chain_id, channel
 from service.settings import Settings
 from service.core.snapshot import render
+from service.core.freshness import ChainTimes
 
 DHAN_ENV = {"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "bench-token"}  # the feed servers accept any
 
@@ -104,7 +105,7 @@ class Service:
         """Render every chain once (as pollers would), wait for the mirror's full write; RSS."""
         svc = self._svc
         for chain in svc.cache.chains.values():
-            render(chain, False)
+            render(chain, ChainTimes(False, 0, "open", None))
         if svc.mirror is not None:
             async with asyncio.timeout(30):
                 while not svc.mirror.stats.connected:

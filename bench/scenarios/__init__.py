@@ -13,8 +13,10 @@ from bench.scenarios import (
     decode,
     freshness,
     ingest,
+    kite_decode,
     metrics,
     mirror,
+    push,
     recovery,
     scale,
     serve,
@@ -24,8 +26,10 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         decode.SCENARIO,
+        kite_decode.SCENARIO,
         ingest.SCENARIO,
         serve.SCENARIO,
+        push.SCENARIO,
         freshness.SCENARIO,
         scale.SCENARIO,
         mirror.SCENARIO,

@@ -40,6 +40,7 @@ from service.analytics.runner import AnalyticsRunner
 from service.core.cache import Chain, ChainCache
 from service.settings import AnalyticsSettings
 from service.core.snapshot import render
+from service.core.freshness import ChainTimes
 
 NAME = "analytics"
 STRIKES_PER_SIDE = 125  # 251 strikes
@@ -61,7 +62,7 @@ def run(budget: Budget) -> list[Row]:
         for _, ce, pe in chain.rows:
             ce.doc = pe.doc = None
         chain.rendered = None
-        render(chain, False)
+        render(chain, ChainTimes(False, 0, "open", None))
         return 1
 
     rates = race([ours, scalar, Contestant("render", render_all)], budget.rounds, budget.seconds_per_round)

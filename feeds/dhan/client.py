@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -38,9 +37,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from yarl import URL
 
 from feeds.clock import SYSTEM_CLOCK, Clock
+from feeds.connection import ConnectionStats, backoff_delay  # noqa: F401 - shared by every broker
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
-from feeds.dhan.packets import DisconnectPacket, DisconnectReason, FeedMode, Packet
+from feeds.dhan.packets import (
+    DisconnectPacket,
+    DisconnectReason,
+    FeedMode,
+    FullPacket,
+    MarketDepthPacket,
+    MarketStatusPacket,
+    OIPacket,
+    Packet,
+    PrevClosePacket,
+    QuotePacket,
+    TickerPacket,
+    UnknownPacket,
+)
 from feeds.dhan.requests import (
     MAX_CONNECTIONS,
     MAX_INSTRUMENTS_PER_CONNECTION,
@@ -57,7 +70,7 @@ from feeds.errors import (
     SubscriptionError,
     TokenExpired,
 )
-from feeds.model import InstrumentKey, Tick
+from feeds.model import ChainSkeleton, InstrumentKey, Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedSink, ServerDisconnect
 from feeds.throttle import LogThrottle
 
@@ -107,11 +120,11 @@ class DhanFeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = "wss://api-feed.dhan.co"  # base URL: the client adds the query string
-    open_timeout_s: float = Field(10.0, gt=0)
-    ping_interval_s: float = Field(20.0, gt=0)
-    close_timeout_s: float = Field(2.0, gt=0)
+    open_timeout_s: float = Field(10.0, gt=0)  # connecting (TCP, TLS, WebSocket handshake) gives up after this long
+    ping_interval_s: float = Field(20.0, gt=0)  # our WebSocket pings; an unanswered one closes the socket
+    close_timeout_s: float = Field(2.0, gt=0)  # wait this long for the close handshake at shutdown
     reconnect_initial_s: float = Field(0.5, gt=0)  # backoff: exponential, full jitter, capped
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)  # the reconnect backoff's cap
     # A session that stayed up this long resets the backoff to its initial delay.
     healthy_after_s: float = Field(30.0, gt=0)
     # Silence this long while the market is open means the feed is dead: the socket is replaced.
@@ -127,6 +140,15 @@ class DhanFeedConfig(BaseModel):
             raise ValueError("must start with ws:// or wss://")
         if "?" in v:
             raise ValueError("must not carry a query string: token and client id are added by the client")
+        try:
+            parsed = URL(v)
+            parsed.explicit_port  # noqa: B018 - raises for a port that is not a number in 0..65535
+        except ValueError:
+            raise ValueError("is not a valid URL: the port must be a number from 1 to 65535") from None
+        if not parsed.host:
+            raise ValueError("has no host, e.g. wss://api-feed.dhan.co")
+        if parsed.explicit_port == 0:
+            raise ValueError("port 0 is not a port to connect to")
         return v
 
     @model_validator(mode="after")
@@ -141,11 +163,6 @@ class Subscription:
     key: InstrumentKey
     mode: FeedMode
     tick_size: float
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(max, initial·2^attempt)]."""
-    return rng.uniform(0.0, min(max_s, initial_s * (2 ** min(attempt, 30))))
 
 
 def check_budget(count: int) -> None:
@@ -166,31 +183,25 @@ def shard(subscriptions: Sequence[Subscription]) -> list[list[Subscription]]:
     return [list(subscriptions[i : i + size]) for i in range(0, len(subscriptions), size)] or [[]]
 
 
-@dataclass(slots=True)
-class ConnectionStats:
-    """Plain counters, incremented per frame; metrics read them at scrape time."""
-
-    connects: int = 0
-    reconnects: int = 0
-    frames: int = 0
-    bytes: int = 0
-    packets: int = 0
-    decode_errors: int = 0
-    text_frames: int = 0
-    last_frame_at: float | None = None
-    connected: bool = False
-    last_error: str | None = None
-    disconnects_by_reason: dict[str, int] = field(default_factory=dict)  # why sessions ended
-    server_disconnect_codes: dict[int, int] = field(default_factory=dict)  # code-50 reasons
-    # Keyed by packet class: the receive loop already has it in hand, a name would cost a lookup.
-    packets_by_type: Counter[type] = field(default_factory=Counter)
-
-    def count_end(self, reason: str) -> None:
-        self.disconnects_by_reason[reason] = self.disconnects_by_reason.get(reason, 0) + 1
+# Packet classes as Dhan's response codes name them (reference §4), for metrics.
+PACKET_NAMES: Mapping[type, str] = {
+    TickerPacket: "ticker",
+    MarketDepthPacket: "market_depth",
+    QuotePacket: "quote",
+    OIPacket: "oi",
+    PrevClosePacket: "prev_close",
+    MarketStatusPacket: "market_status",
+    FullPacket: "full",
+    DisconnectPacket: "disconnect",
+    UnknownPacket: "unknown",
+}
 
 
 class DhanFeed:
     """A FeedSource over Dhan's live feed (or anything speaking its protocol, e.g. the simulator)."""
+
+    broker = "dhan"
+    packet_names = PACKET_NAMES
 
     def __init__(
         self,
@@ -202,9 +213,12 @@ class DhanFeed:
         tap: FrameTap | None = None,
         rng: random.Random | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        index_mode: FeedMode = FeedMode.QUOTE,
     ) -> None:
-        """``clock`` stamps every frame's receive time and tells the stall watchdog what time it is."""
+        """``clock`` stamps every frame's receive time and tells the stall watchdog what time it is;
+        ``index_mode`` is how ``update_skeleton`` subscribes underlying indices (options: Full)."""
         self.config = config
+        self.index_mode = index_mode
         self.clock = clock
         self._credentials = credentials
         self._normalizer = Normalizer({s.key: s.tick_size for s in subscriptions})
@@ -262,6 +276,20 @@ class DhanFeed:
             self._group = None
             await self._http.close()
             self._http = None
+
+    def plan(self, skeleton: ChainSkeleton) -> list[Subscription]:
+        """Options in Full mode, each underlying index in ``index_mode``."""
+        indices = {u.key: u.tick_size for u in skeleton.underlyings.values()}
+        options = {c.key: c.tick_size for u in skeleton.underlyings.values() for e in u.expiries for c in e.contracts()}
+        return plan_subscriptions(options, indices, self.index_mode)
+
+    def check_capacity(self, skeleton: ChainSkeleton) -> None:
+        """FeedSource: SubscriptionError with the numbers if ``skeleton`` exceeds 5 x 5000."""
+        check_budget(len(self.plan(skeleton)))
+
+    async def update_skeleton(self, skeleton: ChainSkeleton) -> tuple[int, int]:
+        """FeedSource: subscribe ``skeleton`` on the live sockets (see update_subscriptions)."""
+        return await self.update_subscriptions(self.plan(skeleton))
 
     async def update_subscriptions(self, subscriptions: Sequence[Subscription]) -> tuple[int, int]:
         """Move to a new subscription set with unsubscribe/subscribe messages on live sockets.
@@ -354,7 +382,8 @@ class _Connection:
         monotonic = self._feed.clock.monotonic
         while True:
             started = monotonic()
-            token = self._feed.credentials.access_token()
+            # In a worker thread: a token source may be a file or a desk's renewal command.
+            token = await asyncio.to_thread(self._feed.credentials.access_token)
             floor = 0.0
             try:
                 await self._session(sink, token)
@@ -364,7 +393,7 @@ class _Connection:
                 raise exc from None
             except TokenExpired:
                 kind = "token_expired"
-                fresh = self._feed.credentials.access_token()
+                fresh = await asyncio.to_thread(self._feed.credentials.access_token)
                 if fresh == token:
                     self.stats.count_end(kind)
                     raise FatalFeedError(

@@ -26,6 +26,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -187,8 +188,15 @@ def parse_scrip_master(lines: Iterable[str], underlyings: Sequence[str]) -> Chai
 
 def _parse(lines: Iterable[str], underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
     symbols = _normalise(underlyings)
-    wanted = frozenset(symbols)
     reader = csv.reader(lines)
+    try:
+        return _parse_rows(reader, symbols)
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit(), an unterminated quote
+        raise InstrumentMasterError(f"scrip master is not a readable CSV at line {reader.line_num}: {exc}") from None
+
+
+def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]:
+    wanted = frozenset(symbols)
     header = next(reader, None)
     if header is None:
         raise InstrumentMasterError("scrip master is empty (no header line)")
@@ -317,17 +325,43 @@ def _shown(url: URL) -> str:
     return str(url.with_user(None).with_query(None).with_fragment(None))
 
 
+def is_url(source: str) -> bool:
+    """Whether a scrip-master source is an http(s) URL (else a filesystem path)."""
+    return _is_url(source)
+
+
+def shown_source(source: str) -> str:
+    """A source as it may be logged: a URL without credentials, query or fragment."""
+    return _shown(URL(source)) if _is_url(source) else source
+
+
 async def load_scrip_master(source: str, underlyings: Sequence[str], *, timeout_s: float = 30.0) -> ChainSkeleton:
     """Load the skeleton from a filesystem path or an http(s) URL of a detailed scrip master."""
     _normalise(underlyings)  # fail on bad configuration before any network round trip
     if _is_url(source):
-        url = URL(source)
-        shown = _shown(url)
-        body = await _fetch(url, shown, timeout_s)
-        skeleton, tally = await asyncio.to_thread(_parse_bytes, body, underlyings)
-    else:
-        shown = source
-        skeleton, tally = await asyncio.to_thread(_parse_file, source, underlyings)
+        body = await fetch_scrip_master(source, timeout_s=timeout_s)
+        return await parse_scrip_master_bytes(body, underlyings, shown=_shown(URL(source)))
+    skeleton, tally = await asyncio.to_thread(_parse_file, source, underlyings)
+    _log_loaded(source, skeleton, tally)
+    return skeleton
+
+
+async def fetch_scrip_master(source: str, *, timeout_s: float = 30.0) -> bytes:
+    """The bytes of the scrip master at an http(s) URL, unparsed (a caller may keep a copy);
+    InstrumentMasterError, naming the URL without its query, when it cannot be fetched."""
+    url = URL(source)
+    return await _fetch(url, _shown(url), timeout_s)
+
+
+async def parse_scrip_master_bytes(body: bytes, underlyings: Sequence[str], *, shown: str) -> ChainSkeleton:
+    """``parse_scrip_master`` of a fetched body, in a worker thread; logs what was read."""
+    _normalise(underlyings)
+    skeleton, tally = await asyncio.to_thread(_parse_bytes, body, underlyings)
+    _log_loaded(shown, skeleton, tally)
+    return skeleton
+
+
+def _log_loaded(shown: str, skeleton: ChainSkeleton, tally: _Tally) -> None:
     r = skeleton.report
     log.info(
         "scrip master %s: %d rows, %d used, %d ignored, %d malformed, %d option ticks read as paise; %d instruments",
@@ -341,7 +375,6 @@ async def load_scrip_master(source: str, underlyings: Sequence[str], *, timeout_
     )
     if r.rows_malformed:
         log.warning("scrip master %s: malformed rows, e.g. %s", shown, "; ".join(r.malformed_samples))
-    return skeleton
 
 
 # aiohttp puts the full URL, query included, into the text of these errors.

@@ -5,11 +5,9 @@ session ends). A price of 0 is never a real option or index price, so it becomes
 quantities of 0 are real (no volume yet) and stay 0, except the quantity beside a missing
 bid or ask price, which is meaningless and becomes ``None`` too.
 
-Rounding: when 1/tick is an integer n (0.05 → 20), round(p * n) / n is exact, because
-IEEE division is correctly rounded: 3046 / 20 is the same double as the literal 152.3. That
-covers every NSE/BSE tick; other ticks fall back to rounding a multiple to the tick's decimals.
-The arithmetic is written inline in the hot loop: a function call per price would cost more
-than the decode of the whole packet.
+Rounding (``feeds.prices``, shared with the Kite normaliser): round(p * n) / n for a tick of
+1/n, exact for every NSE/BSE tick. The arithmetic is written inline in the hot loop: a
+function call per price would cost more than the decode of the whole packet.
 """
 
 from __future__ import annotations
@@ -18,30 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from feeds.model import FullTick, InstrumentKey, OpenInterestTick, PrevCloseTick, QuoteTick, Tick, TradeTick
 from feeds.dhan.packets import FullPacket, OIPacket, Packet, PrevClosePacket, QuotePacket, TickerPacket
+from feeds.prices import ROUNDER, tick_inverse, tick_rounder  # noqa: F401 - tick_rounder re-exported
 
 _new = tuple.__new__
-# Adding and subtracting 1.5 * 2**52 rounds a double to the nearest integer (ties to even,
-# like round()) without creating an int: half the cost of round() per price. Exact for
-# |price * n| < 2**51, i.e. any price below ₹10^13 at a ₹0.05 tick.
-_ROUNDER = 6755399441055744.0
-
-
-def _inverse(tick_size: float) -> int | None:
-    """n with tick = 1/n exactly enough to round by, or None."""
-    inverse = 1.0 / tick_size
-    n = round(inverse)
-    return n if n >= 1 and abs(inverse - n) < 1e-9 else None
-
-
-def tick_rounder(tick_size: float) -> Callable[[float], float | None]:
-    """A function rounding a float32-widened price to the nearest multiple of ``tick_size``."""
-    if not tick_size > 0:
-        raise ValueError(f"tick size must be positive, got {tick_size}")
-    n = _inverse(tick_size)
-    if n is not None:
-        return lambda price: (price * n + _ROUNDER - _ROUNDER) / n if price > 0.0 else None
-    decimals = max(0, -int(f"{tick_size:e}".split("e")[1])) + 2
-    return lambda price: round(round(price / tick_size) * tick_size, decimals) if price > 0.0 else None
+_ROUNDER = ROUNDER
+_inverse = tick_inverse
 
 
 class Normalizer:

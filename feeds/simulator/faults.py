@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from feeds.dhan.packets import DisconnectReason
+
 if TYPE_CHECKING:
     from feeds.simulator.server import SimulatorServer
 
@@ -47,11 +49,17 @@ def parse_fault(spec: str) -> Fault:
     if kind == "silence" and dur <= 0:
         raise ValueError(f"bad fault {spec!r}: silence needs +DURATION")
     if kind == "disconnect":
+        reasons = ", ".join(str(int(r)) for r in DisconnectReason)
         if not arg or not arg.isdigit():
-            raise ValueError(f"bad fault {spec!r}: disconnect needs =REASON, e.g. =805")
+            raise ValueError(f"bad fault {spec!r}: disconnect needs =REASON, one of {reasons}")
+        if int(arg) not in DisconnectReason._value2member_map_:
+            raise ValueError(f"bad fault {spec!r}: {arg} is not a Dhan disconnect reason; use one of {reasons}")
         return Fault(kind, at, code=int(arg))
     if kind == "reject":
         status, _, count = (arg or "429").partition("x")
+        if not status.isdigit() or not 400 <= int(status) <= 599 or (count and not count.isdigit()) or count == "0":
+            raise ValueError(f"bad fault {spec!r}: reject takes =STATUS[xCOUNT], an HTTP error status 400-599 "
+                             "and a count of at least 1, e.g. =429x3")  # fmt: skip
         return Fault(kind, at, code=int(status), count=int(count or 1))
     return Fault(kind, at, dur)
 
@@ -63,14 +71,22 @@ async def run_faults(sim: SimulatorServer, faults: tuple[Fault, ...]) -> None:
     for fault in sorted(faults, key=lambda f: f.at_s):
         await asyncio.sleep(max(0.0, start + fault.at_s - loop.time()))
         log.warning("injecting fault: %s", fault)
-        if fault.kind == "drop":
-            sim.drop_connections()
-        elif fault.kind == "garbage":
-            sim.send_garbage()
-        elif fault.kind == "disconnect":
-            sim.disconnect_all(fault.code)
-        elif fault.kind == "reject":
-            sim.reject_handshakes(fault.code, fault.count)
-        elif fault.kind == "silence":
-            sim.silence(True)
-            loop.call_later(fault.duration_s, sim.silence, False)
+        try:
+            _apply(sim, fault, loop)
+        except Exception:  # one bad fault must not end the rest of the schedule
+            log.exception("fault %s could not be applied; the schedule continues", fault)
+
+
+def _apply(sim: SimulatorServer, fault: Fault, loop: asyncio.AbstractEventLoop) -> None:
+    """Apply one fault now."""
+    if fault.kind == "drop":
+        sim.drop_connections()
+    elif fault.kind == "garbage":
+        sim.send_garbage()
+    elif fault.kind == "disconnect":
+        sim.disconnect_all(fault.code)
+    elif fault.kind == "reject":
+        sim.reject_handshakes(fault.code, fault.count)
+    elif fault.kind == "silence":
+        sim.silence(True)
+        loop.call_later(fault.duration_s, sim.silence, False)

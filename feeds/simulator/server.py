@@ -103,7 +103,7 @@ class _Connection:
         self.id = conn_id
         self.ws = ws
         self.transport = transport
-        self.queue: asyncio.Queue[bytes | _Close] = asyncio.Queue(maxsize=queue_frames)
+        self.queue: asyncio.Queue[bytes | str | _Close] = asyncio.Queue(maxsize=queue_frames)
         self.subs: dict[FeedMode, set[InstrumentKey]] = {mode: set() for mode in FeedMode}
         self.closing = False
         self.writer: asyncio.Task[None] | None = None
@@ -164,7 +164,7 @@ class SimulatorServer:
         self.port = 0
         self.stats = SimulatorStats()
         today = config.today or dt.datetime.fromtimestamp(clock(), IST).date()
-        self.universe: Universe = build_universe(config, today)
+        self.universe: Universe = self._make_universe(config, today)
         self.market = Market(self.universe, config, clock)
         self.rest = OptionChainApi(self.universe, self.market, config)
         self._scrip_master = generate_scrip_master(self.universe).encode()
@@ -182,6 +182,15 @@ class SimulatorServer:
         self._runner: web.AppRunner | None = None
         self._market_task: asyncio.Task[None] | None = None
         self._market_error: BaseException | None = None
+
+    def _make_universe(self, config: SimulatorConfig, today: dt.date) -> Universe:
+        """The instruments served (a broker's own server re-keys them: feeds.simulator.kite)."""
+        return build_universe(config, today)
+
+    @staticmethod
+    def _packet_codes(frame: bytes) -> Iterable[int]:
+        """What ``stats.packets_sent`` counts for one frame written: Dhan's response codes."""
+        return _codes(frame)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -554,10 +563,15 @@ class SimulatorServer:
                     await ws.close(code=item.ws_code)
                     return
                 conn.writing = True
+                if isinstance(item, str):  # a text frame (Kite's error/message frames)
+                    await ws.send_str(item)
+                    conn.writing = False
+                    stats.frames_sent += 1
+                    continue
                 await ws.send_bytes(item)
                 conn.writing = False
                 stats.frames_sent += 1
-                stats.packets_sent.update(_codes(item))
+                stats.packets_sent.update(self._packet_codes(item))
         except ConnectionResetError as exc:
             # The peer vanished mid-write; the handler sees the socket end and cleans up.
             stats.send_errors += 1
@@ -584,11 +598,16 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 async def serve_forever(
-    config: SimulatorConfig, host: str, port: int, stop: asyncio.Event, faults: tuple[Fault, ...] = ()
+    config: SimulatorConfig, host: str, port: int, stop: asyncio.Event, faults: tuple[Fault, ...] = (),
+    *, server_class: type[SimulatorServer] | None = None,
 ) -> None:
-    """Run the simulator until ``stop`` is set (the ``livechain simulate`` command)."""
-    async with SimulatorServer(config, host, port) as sim:
-        log.info("simulator ready: connect to %s?version=2&token=..&clientId=..&authType=2", sim.feed_url)
+    """Run the simulator until ``stop`` is set (the ``livechain simulate`` command); ``server_class``
+    picks the protocol (``feeds.simulator.kite.KiteSimulatorServer`` for Kite's)."""
+    async with (server_class or SimulatorServer)(config, host, port) as sim:
+        if type(sim) is SimulatorServer:
+            log.info("simulator ready: connect to %s?version=2&token=..&clientId=..&authType=2", sim.feed_url)
+        else:
+            log.info("simulator ready: feed %s, instruments %s", sim.feed_url, sim.scrip_master_url)
         injector = asyncio.create_task(run_faults(sim, faults), name="simulator-faults")
         try:
             await stop.wait()

@@ -16,6 +16,11 @@ Definitions (README "Option analytics"):
   so never derived from a zero or missing price. ATM straddle: CE + PE last price there.
 * PCR: Σ put OI / Σ call OI and the same for volume, over legs that reported one; null when
   nothing was reported or the call side sums to 0.
+* Totals per side: Σ OI, Σ OI change (against the previous session, over legs with both) and
+  Σ volume, in the feed's units (quantity); each null when no leg reported it.
+* Max OI / max OI change per side: the strike with the largest call (put) OI — where call
+  writers sit (resistance) and put writers sit (support) — and with the largest OI change
+  (the biggest addition; the lowest strike on a tie); null without data.
 * Max pain: the strike at which option holders' total intrinsic value at expiry,
   Σ OI_CE·max(S − K, 0) + OI_PE·max(K − S, 0), is smallest (lowest strike on a tie); null
   without open interest.
@@ -59,11 +64,11 @@ LEG_FIELDS = ("iv", "delta", "gamma", "theta", "vega", "iv_source")
 # Per chain, in the body (``analytics_as_of`` is ``computed_at`` in IST).
 CHAIN_FIELDS = (
     "forward", "forward_source", "atm_strike", "atm_straddle", "pcr_oi", "pcr_volume", "max_pain",
-    "years_to_expiry", "analytics_as_of",
+    "years_to_expiry", "totals", "max_oi", "max_oi_change", "analytics_as_of",
 )  # fmt: skip
 _LEG_DECIMALS = (4, 6, 8, 4, 4)  # iv (%), delta, gamma, theta, vega
 _NAN = math.nan
-_NO_LEG = SimpleNamespace(ltp=None, oi=None, volume=None, dhan=None)  # a strike without that side
+_NO_LEG = SimpleNamespace(ltp=None, oi=None, prev_oi=None, volume=None, dhan=None)  # a strike without that side
 
 LegValues = tuple[float | None, float | None, float | None, float | None, float | None, str | None]
 LegKey = tuple[float, str]  # strike, "CE" | "PE"
@@ -227,6 +232,34 @@ def max_pain(strikes: np.ndarray, call_oi: np.ndarray, put_oi: np.ndarray) -> fl
     return float(strikes[int(np.argmin(calls + puts))])
 
 
+def _total(values: np.ndarray) -> int | None:
+    """Σ of the reported (finite) values as an integer; None when none was reported."""
+    finite = np.isfinite(values)
+    return int(values[finite].sum()) if finite.any() else None
+
+
+def strike_of_max(strikes: np.ndarray, values: np.ndarray) -> float | None:
+    """The strike with the largest reported value (the lowest on a tie); None when none was reported."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    return float(strikes[int(np.argmax(np.where(finite, values, -np.inf)))])
+
+
+def oi_summary(strikes: np.ndarray, oi: tuple[np.ndarray, np.ndarray], prev_oi: tuple[np.ndarray, np.ndarray],
+               volume: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:  # fmt: skip
+    """``totals``, ``max_oi`` and ``max_oi_change`` of a chain from its (CE, PE) columns."""
+    totals: dict[str, Any] = {}
+    max_oi: dict[str, Any] = {}
+    max_change: dict[str, Any] = {}
+    for side, o, p, v in zip(("ce", "pe"), oi, prev_oi, volume):
+        change = o - p  # NaN unless both are known
+        totals[side] = {"oi": _total(o), "oi_change": _total(change), "volume": _total(v)}
+        max_oi[side] = strike_of_max(strikes, o)
+        max_change[side] = strike_of_max(strikes, change)
+    return {"totals": totals, "max_oi": max_oi, "max_oi_change": max_change}
+
+
 def analyse(
     chain: Chain, now: float, params: AnalyticsSettings, calendar: MarketCalendar = MarketCalendar()
 ) -> ChainAnalytics:
@@ -258,15 +291,17 @@ def analyse(
         if math.isfinite(ce_ltp[i]) and math.isfinite(pe_ltp[i]):
             straddle = float(ce_ltp[i] + pe_ltp[i])
     ce_oi, pe_oi = _column(ce, "oi"), _column(pe, "oi")
+    ce_vol, pe_vol = _column(ce, "volume"), _column(pe, "volume")
     head = {
         "forward": _round(forward, 4),
         "forward_source": source,
         "atm_strike": atm,
         "atm_straddle": _round(straddle, 4),
         "pcr_oi": _round(put_call_ratio(ce_oi, pe_oi), 4),
-        "pcr_volume": _round(put_call_ratio(_column(ce, "volume"), _column(pe, "volume")), 4),
+        "pcr_volume": _round(put_call_ratio(ce_vol, pe_vol), 4),
         "max_pain": max_pain(strikes, ce_oi, pe_oi),
         "years_to_expiry": round(max(years, 0.0), 8),
+        **oi_summary(strikes, (ce_oi, pe_oi), (_column(ce, "prev_oi"), _column(pe, "prev_oi")), (ce_vol, pe_vol)),
     }
 
     # Both sides in one vectorized pass: calls then puts.

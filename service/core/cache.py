@@ -101,6 +101,8 @@ class ChainCache:
         self._monotonic = clock.monotonic
         self._version = int(clock.time() * 1_000_000)
         self.layout_epoch = 0  # grows whenever chains are added or removed (reconfigure)
+        # Whose feed fills the cache ("dhan", "kite"): named in /options/underlyings and the Redis catalog.
+        self.broker: str | None = None
         self.legs: dict[InstrumentKey, Leg] = {}
         self.chains: dict[tuple[str, dt.date], Chain] = {}
         self.expiries: dict[str, list[dt.date]] = {}

@@ -45,6 +45,10 @@ class ChainSource(Protocol):
     def underlyings(self) -> list[UnderlyingInfo]:
         """Every underlying served, in a stable order."""
 
+    @property
+    def broker(self) -> str | None:
+        """Whose feed the data comes from ("dhan", "kite"); None when unknown."""
+
     def readiness(self) -> dict[str, Any]:
         """Source-specific fields for ``/readyz`` (coverage for the primary, Redis for a replica)."""
 
@@ -66,7 +70,11 @@ class CacheChains:
         chain = self.cache.chains.get((underlying, expiry))
         if chain is None:
             return None
-        return render(chain, self.freshness.is_stale(chain.stale_legs, chain.updated_at))
+        return render(chain, self.freshness.times(chain.expiry, chain.stale_legs, chain.updated_at))
+
+    @property
+    def broker(self) -> str | None:
+        return self.cache.broker
 
     def underlyings(self) -> list[UnderlyingInfo]:
         cache = self.cache

@@ -130,7 +130,10 @@ class Health:
             if not connected:
                 # The mirror's last error text is not shown: it may quote a URL with a password.
                 problems.append(f"redis mirror disconnected ({getattr(mirror, 'errors', 0)} errors so far)")
-        if lc.phase is Phase.DEGRADED and lc.reason not in problems:
+        # The lifecycle's reason for a lost feed connection is the feed check's problem in other
+        # words (ingest's reason vs the connection's last error): list each problem once.
+        reported = feed is not None and lc.reason.startswith("feed connection ")
+        if lc.phase is Phase.DEGRADED and lc.reason not in problems and not reported:
             problems.insert(0, lc.reason)
         ready = lc.serving
         status = "degraded" if ready and problems else lc.phase.value

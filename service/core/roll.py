@@ -19,11 +19,10 @@ from collections.abc import Awaitable, Callable
 
 from feeds.calendar import MarketCalendar
 from feeds.clock import SYSTEM_CLOCK, Clock, ist_now
-from feeds.dhan.client import DhanFeed, check_budget
 from feeds.errors import FeedError, SubscriptionError
 from feeds.model import ChainSkeleton
+from feeds.source import FeedSource
 from service.core.cache import ChainCache
-from service.feed_source import subscriptions_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class ExpiryRoller:
         full: ChainSkeleton,
         calendar: MarketCalendar,
         cache: ChainCache,
-        feed: DhanFeed,
+        feed: FeedSource,
         reload: Callable[[], Awaitable[ChainSkeleton]],
         *,
         clock: Clock = SYSTEM_CLOCK,
@@ -101,11 +100,10 @@ class ExpiryRoller:
         return True
 
     async def _apply(self, new: ChainSkeleton) -> tuple[int, int]:
-        subscriptions = subscriptions_for(self.settings, new)
-        check_budget(len(subscriptions))  # before anything changes
+        self.feed.check_capacity(new)  # before anything changes
         added, removed = self.cache.reconfigure(new)
         log.info("expiry roll: %d chains added, %d removed", len(added), len(removed))
-        return await self.feed.update_subscriptions(subscriptions)
+        return await self.feed.update_skeleton(new)
 
     async def run(self) -> None:
         period = self.settings.instruments.roll_check_s

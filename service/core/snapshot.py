@@ -16,13 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from feeds.model import IST
 from service.analytics.compute import NULL_HEAD, NULL_LEG_SUFFIX, ChainAnalytics
 from service.core.cache import Chain, Leg
+from service.core.freshness import ChainTimes
 
 _fromtimestamp = dt.datetime.fromtimestamp
 _F = orjson.Fragment
@@ -34,6 +36,9 @@ def _dumps(obj: object) -> bytes:
     return bytes(memoryview(orjson.dumps(obj)))
 
 
+Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON
+
+
 @dataclass(frozen=True, slots=True)
 class ChainSnapshot:
     underlying: str
@@ -42,6 +47,10 @@ class ChainSnapshot:
     stale: bool
     body: bytes
     etag: str
+    # What the body was built from, for readers that send parts of it (service.stream):
+    times: ChainTimes | None = None  # the clock-dependent inputs; a render is reused only while equal
+    head: dict[str, Any] = field(default_factory=dict)  # every chain-level field (all but "strikes")
+    rows: tuple[Row, ...] = ()  # per strike its CE and PE objects exactly as in the body (None: no contract)
 
 
 def ist(epoch_s: float | None) -> dt.datetime | None:
@@ -76,6 +85,7 @@ def leg_json(leg: Leg) -> bytes:
                 "stale": leg.stale,
                 # Derived from the leg alone, so they change with it (not on the analytics cadence).
                 "oi_change": None if leg.oi is None or leg.prev_oi is None else leg.oi - leg.prev_oi,
+                "oi_change_pct": _change_pct(leg.oi, leg.prev_oi),
                 "change": None if leg.ltp is None or leg.prev_close is None else round(leg.ltp - leg.prev_close, 4),
                 "change_pct": _change_pct(leg.ltp, leg.prev_close),
                 "two_sided": leg.bid is not None and leg.ask is not None,
@@ -94,9 +104,6 @@ def _null_suffix(strike: float, side: str) -> bytes:
     return NULL_LEG_SUFFIX
 
 
-Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON (as leg_json)
-
-
 def chain_snapshot(
     underlying: str,
     expiry: dt.date,
@@ -105,46 +112,55 @@ def chain_snapshot(
     lot_size: int,
     updated_at: float | None,
     version: int,
-    stale: bool,
+    times: ChainTimes,
     rows: Iterable[Row],
     analytics: ChainAnalytics | None = None,
 ) -> ChainSnapshot:
     """Serialise one chain's body and tag it: the only place a body is built.
 
-    Each leg's object is its base JSON (``leg_json``) with the chain's per-leg analytics
-    appended (``"iv"`` … ``"iv_source"``, null where there are none): spliced as bytes, so the
-    base JSON is encoded once per leg change and the analytics once per analytics pass.
+    ``rows`` carry each leg's base JSON (``leg_json``); the body's leg object is that with the
+    chain's per-leg analytics appended (``"iv"`` … ``"iv_source"``, null where there are none):
+    spliced as bytes, so the base JSON is encoded once per leg change and the analytics once per
+    analytics pass. ``times`` are the clock-dependent fields (``stale``, ``days_to_expiry``,
+    ``market``: ``service.core.freshness``).
     """
-    head = NULL_HEAD if analytics is None else analytics.head
     suffix = _null_suffix if analytics is None else analytics.leg_suffix
+    legs = tuple(
+        (
+            strike,
+            None if ce is None else ce[:-1] + suffix(strike, "CE"),
+            None if pe is None else pe[:-1] + suffix(strike, "PE"),
+        )
+        for strike, ce, pe in rows
+    )
+    head = {
+        "underlying": underlying,
+        "expiry": expiry,
+        "underlying_ltp": underlying_ltp,
+        "lot_size": lot_size,
+        "as_of": ist(updated_at),
+        "version": version,
+        "stale": times.stale,
+        **times.head(),
+        **(NULL_HEAD if analytics is None else analytics.head),
+    }
     body = _dumps(
         {
-            "underlying": underlying,
-            "expiry": expiry,
-            "underlying_ltp": underlying_ltp,
-            "lot_size": lot_size,
-            "as_of": ist(updated_at),
-            "version": version,
-            "stale": stale,
             **head,
             "strikes": [
-                {
-                    "strike": strike,
-                    "ce": None if ce is None else _F(ce[:-1] + suffix(strike, "CE")),
-                    "pe": None if pe is None else _F(pe[:-1] + suffix(strike, "PE")),
-                }
-                for strike, ce, pe in rows
+                {"strike": strike, "ce": None if ce is None else _F(ce), "pe": None if pe is None else _F(pe)}
+                for strike, ce, pe in legs
             ],
         }
     )
     etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    return ChainSnapshot(underlying, expiry, version, stale, body, etag)
+    return ChainSnapshot(underlying, expiry, version, times.stale, body, etag, times, head, legs)
 
 
-def render(chain: Chain, stale: bool) -> ChainSnapshot:
-    """The chain's snapshot, reusing the last one when nothing changed."""
+def render(chain: Chain, times: ChainTimes) -> ChainSnapshot:
+    """The chain's snapshot, reusing the last one when nothing changed (version and ``times``)."""
     last: ChainSnapshot | None = chain.rendered
-    if last is not None and last.version == chain.version and last.stale == stale:
+    if last is not None and last.version == chain.version and last.times == times:
         return last
     snap = chain_snapshot(
         chain.underlying,
@@ -153,7 +169,7 @@ def render(chain: Chain, stale: bool) -> ChainSnapshot:
         lot_size=chain.lot_size,
         updated_at=chain.updated_at,
         version=chain.version,
-        stale=stale,
+        times=times,
         rows=[
             (strike, None if ce is None else leg_json(ce), None if pe is None else leg_json(pe))
             for strike, ce, pe in chain.rows

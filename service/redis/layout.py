@@ -153,6 +153,7 @@ def calendar_to_json(calendar: MarketCalendar) -> dict[str, Any]:
         "holidays": sorted(d.isoformat() for d in calendar.holidays),
         "always_open": calendar.always_open,
         "never_open": calendar.never_open,
+        "pre_open_time": calendar.pre_open_time.isoformat(),
     }
 
 
@@ -163,6 +164,7 @@ def calendar_from_json(doc: Mapping[str, Any]) -> MarketCalendar:
         holidays=frozenset(dt.date.fromisoformat(d) for d in doc["holidays"]),
         always_open=bool(doc["always_open"]),
         never_open=bool(doc["never_open"]),
+        **({"pre_open_time": dt.time.fromisoformat(doc["pre_open_time"])} if "pre_open_time" in doc else {}),
     )
 
 
@@ -173,9 +175,12 @@ class Catalog:
     # The primary's staleness inputs (service.core.freshness); None from a writer that sent none.
     calendar: MarketCalendar | None = None
     stale_after_s: float | None = None
+    broker: str | None = None  # whose feed the primary reads ("dhan", "kite"); None from an older writer
 
     def to_json(self) -> bytes:
         extra: dict[str, Any] = {}
+        if self.broker is not None:
+            extra["broker"] = self.broker
         if self.calendar is not None:
             extra["market"] = calendar_to_json(self.calendar)
         if self.stale_after_s is not None:
@@ -208,6 +213,7 @@ class Catalog:
             run=doc["run"],
             calendar=None if market is None else calendar_from_json(market),
             stale_after_s=None if stale_after_s is None else float(stale_after_s),
+            broker=doc.get("broker"),
             underlyings=tuple(
                 CatalogUnderlying(
                     u["underlying"],

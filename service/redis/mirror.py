@@ -159,7 +159,9 @@ class RedisMirror:
             key = cache.index_keys[symbol]
             underlyings.append(CatalogUnderlying(symbol, key[0], key[1], chains))
         f = self._freshness
-        return Catalog(run, tuple(underlyings), f.calendar if f else None, f.stale_after_s if f else None)
+        return Catalog(
+            run, tuple(underlyings), f.calendar if f else None, f.stale_after_s if f else None, broker=cache.broker
+        )
 
     @property
     def run(self) -> str:

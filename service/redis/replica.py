@@ -30,7 +30,11 @@ from feeds.clock import SYSTEM_CLOCK, Clock
 from service.core.freshness import Freshness
 from service.errors import ReadinessTimeout
 from service.feed_source import market_calendar
-from service.http import HttpContext, make_app, serve_http
+from service.auth import load_api_keys
+from service.core.health import Health
+from service.http import HttpContext, bind_http, make_app, serve_http
+from service.stream import StreamConfig
+from service.metrics import METRICS_MAX_CONNECTIONS, Metrics, metrics_server
 from service.core.lifecycle import Lifecycle, Phase
 from service.redis.client import (
     REDIS_ERRORS,
@@ -122,6 +126,7 @@ class ReplicaStore:
         self._chains: dict[tuple[str, dt.date], ReplicaChain] = {}
         self._expiries: dict[str, list[dt.date]] = {}
         self._underlyings: list[UnderlyingInfo] = []
+        self.broker: str | None = None  # the primary's, from the catalog
 
     def install(self, loaded: _Loaded) -> None:
         """Swap in a freshly loaded state, all at once."""
@@ -142,6 +147,7 @@ class ReplicaStore:
             f.clock,
         )
         self.run = cat.run
+        self.broker = cat.broker
         self.seq = loaded.seq
         self.last_id = loaded.last_id
         self.loads += 1
@@ -181,9 +187,11 @@ class ReplicaStore:
             return None
         meta = chain.meta
         # The primary's rule, plus: what we hold is unconfirmed while Redis is lost.
-        stale = not self.following or self.freshness.is_stale(meta.stale_legs, meta.updated_at)
+        times = self.freshness.times(chain.expiry, meta.stale_legs, meta.updated_at)
+        if not self.following and not times.stale:
+            times = times._replace(stale=True)
         last = chain.rendered
-        if last is not None and last.version == meta.version and last.stale == stale:
+        if last is not None and last.version == meta.version and last.times == times:
             return last
         legs = chain.legs
         snap = chain_snapshot(
@@ -193,7 +201,7 @@ class ReplicaStore:
             lot_size=chain.lot_size,
             updated_at=meta.updated_at,
             version=meta.version,
-            stale=stale,
+            times=times,
             rows=[(s, None if ce is None else legs[ce], None if pe is None else legs[pe]) for s, ce, pe in chain.rows],
             analytics=chain.analytics,
         )
@@ -388,6 +396,7 @@ class RunningReplica:
     follower: ReplicaFollower
     http_port: int
     supervisor: Supervisor | None = None  # the replica's background tasks
+    metrics_port: int | None = None  # the metrics/probe port; None when metrics are disabled
 
 
 @contextlib.asynccontextmanager
@@ -401,6 +410,19 @@ async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(lifecycle.stopped)
         supervisor = await stack.enter_async_context(Supervisor())
+        # Like the primary: the metrics/probe port first (warm-up observable), the API port bound
+        # now (in use → exit 2 at once) and listening only once a chain is loaded.
+        health = Health(lifecycle, stale_after_s=settings.cache.stale_after_s, clock=clock)
+        metrics = Metrics(health, clock=clock) if settings.metrics.enabled else None
+        metrics_port = None
+        if metrics is not None:
+            metrics.attach_tasks(supervisor)
+            metrics_port = await stack.enter_async_context(
+                metrics_server(metrics, settings.metrics.host, settings.metrics.port)
+            )
+        http_sock = bind_http(settings.http)
+        stack.callback(http_sock.close)
+        api_keys = load_api_keys(settings.http.api_keys, settings.http.api_keys_file)
         store = ReplicaStore(Freshness(settings.cache.stale_after_s, market_calendar(settings, clock), clock))
         follower = ReplicaFollower(store, settings.redis, lifecycle, supervisor=supervisor)
         lifecycle.to(Phase.WARMING, f"loading the chain from Redis at {follower.url}")
@@ -415,11 +437,22 @@ async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 f"from Redis: {follower.problem}"
             ) from None
 
-        app = make_app(HttpContext(store, lifecycle, settings.http.cors_allow_origins))
-        port = await serve_http(app, settings.http, stack, lifecycle)
+        app = make_app(
+            HttpContext(
+                store, lifecycle, settings.http.cors_allow_origins, stream=StreamConfig.of(settings.http),
+                api_keys=api_keys,
+            ),
+            outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
+        )
+        port = await serve_http(
+            app, settings.http, stack, lifecycle, sock=http_sock,
+            reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,
+        )  # fmt: skip
         follower.serve()
         log.info("replica serving http://%s:%d/options/live from Redis", settings.http.host, port)
-        yield RunningReplica(settings, lifecycle, store, follower, port, supervisor=supervisor)
+        yield RunningReplica(
+            settings, lifecycle, store, follower, port, supervisor=supervisor, metrics_port=metrics_port
+        )
 
 
 async def serve_replica(settings: Settings) -> None:

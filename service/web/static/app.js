@@ -1,0 +1,300 @@
+// livechain's page: one chain, live. Follows /options/stream (a snapshot, then deltas applied in
+// order); falls back to polling /options/live with If-None-Match when streaming is not possible.
+// Only the cells of changed legs are touched, so it stays usable at 250 strikes.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const CE_COLS = ["oi", "oi_change", "volume", "iv", "ltp", "change", "bid_qty", "bid", "ask", "ask_qty"];
+  const PE_COLS = ["bid_qty", "bid", "ask", "ask_qty", "change", "ltp", "iv", "volume", "oi_change", "oi"];
+  const INT = new Intl.NumberFormat("en-IN", { maximumFractionDigits: 0 });
+  const DEC = new Intl.NumberFormat("en-IN", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  const POLL_MS = 1000;
+  const CHART_MS = 1000;
+
+  let underlyings = [];
+  let state = null; // the /options/live body, kept current
+  let rows = new Map(); // strike → {tr, ce: {col: td}, pe: {col: td}}
+  let dirty = new Set(); // leg keys "strike:CE" to repaint; "*" = everything
+  let painting = false;
+  let es = null, pollTimer = null, etag = null, generation = 0;
+  let charts = null, chartsAt = 0;
+  let maxOi = 0;
+
+  const fmt = (v, col) => {
+    if (v === null || v === undefined) return "–";
+    if (col === "oi" || col === "oi_change" || col === "volume" || col === "bid_qty" || col === "ask_qty") return INT.format(v);
+    return DEC.format(v);
+  };
+  const legKey = (strike, side) => `${Number.isInteger(strike) ? strike.toFixed(1) : String(strike)}:${side}`;
+
+  // ------------------------------------------------------------------ pickers
+
+  async function loadUnderlyings() {
+    const resp = await fetch("/options/underlyings");
+    underlyings = (await resp.json()).underlyings;
+    const params = new URLSearchParams(location.search);
+    const sel = $("underlying");
+    sel.innerHTML = "";
+    for (const u of underlyings) sel.add(new Option(u.underlying, u.underlying));
+    const wanted = (params.get("underlying") || "").toUpperCase();
+    if (underlyings.some((u) => u.underlying === wanted)) sel.value = wanted;
+    fillExpiries(params.get("expiry"));
+  }
+
+  function fillExpiries(wanted) {
+    const u = underlyings.find((x) => x.underlying === $("underlying").value);
+    const sel = $("expiry");
+    sel.innerHTML = "";
+    const today = new Date();
+    for (const e of (u ? u.expiries : [])) {
+      const days = Math.max(0, Math.round((Date.parse(e.expiry + "T00:00:00+05:30") - Date.parse(today.toISOString().slice(0, 10) + "T00:00:00+05:30")) / 864e5));
+      sel.add(new Option(`${e.expiry} (${days}d)`, e.expiry));
+    }
+    if (wanted && [...sel.options].some((o) => o.value === wanted)) sel.value = wanted;
+  }
+
+  function selection() {
+    return { underlying: $("underlying").value, expiry: $("expiry").value };
+  }
+
+  function query() {
+    const s = selection();
+    return `underlying=${encodeURIComponent(s.underlying)}&expiry=${encodeURIComponent(s.expiry)}`;
+  }
+
+  // ------------------------------------------------------------------ transport
+
+  function stop() {
+    generation += 1;
+    if (es) { es.close(); es = null; }
+    if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+    etag = null;
+  }
+
+  function start() {
+    stop();
+    history.replaceState(null, "", "?" + query());
+    if (!("EventSource" in window)) return poll(generation);
+    const gen = generation;
+    let opened = false;
+    es = new EventSource("/options/stream?" + query());
+    $("transport").textContent = "connecting…";
+    es.addEventListener("open", () => { opened = true; $("transport").textContent = "live (stream)"; });
+    es.addEventListener("snapshot", (ev) => { if (gen === generation) setState(JSON.parse(ev.data)); });
+    es.addEventListener("delta", (ev) => { if (gen === generation && state) applyDelta(JSON.parse(ev.data)); });
+    es.addEventListener("end", () => { if (gen === generation) loadUnderlyings().then(start); });
+    es.addEventListener("error", () => {
+      if (gen !== generation) return;
+      // Refused (503 at the stream limit) or never reachable: poll instead. A dropped stream that
+      // had been open is reconnected by the browser with Last-Event-ID.
+      if (!opened || es.readyState === EventSource.CLOSED) {
+        es.close(); es = null;
+        poll(gen);
+      } else {
+        $("transport").textContent = "reconnecting…";
+      }
+    });
+  }
+
+  async function poll(gen) {
+    if (gen !== generation) return;
+    $("transport").textContent = "polling";
+    try {
+      const resp = await fetch("/options/live?" + query(), { headers: etag ? { "If-None-Match": etag } : {} });
+      if (gen !== generation) return;
+      if (resp.status === 200) {
+        etag = resp.headers.get("ETag");
+        setState(await resp.json());
+      }
+    } catch (err) {
+      $("transport").textContent = "polling (retrying)";
+    }
+    if (gen === generation) pollTimer = setTimeout(() => poll(gen), POLL_MS);
+  }
+
+  // ------------------------------------------------------------------ state
+
+  function setState(body) {
+    const sameLayout = state && state.strikes.length === body.strikes.length &&
+      state.strikes.every((r, i) => r.strike === body.strikes[i].strike);
+    state = body;
+    if (!sameLayout) buildTable();
+    else body.strikes.forEach((r) => { rows.get(r.strike).data = r; });
+    dirty.add("*");
+    schedule();
+  }
+
+  function applyDelta(delta) {
+    const legs = delta.legs || {};
+    delete delta.legs;
+    Object.assign(state, delta);
+    for (const [key, leg] of Object.entries(legs)) {
+      const i = key.lastIndexOf(":");
+      const strike = parseFloat(key.slice(0, i));
+      const side = key.slice(i + 1).toLowerCase();
+      const cells = rows.get(strike);
+      if (!cells) continue;
+      cells.data[side] = leg;
+      dirty.add(key);
+    }
+    schedule();
+  }
+
+  // ------------------------------------------------------------------ rendering
+
+  function buildTable() {
+    const tbody = document.querySelector("#chain tbody");
+    tbody.innerHTML = "";
+    rows = new Map();
+    const frag = document.createDocumentFragment();
+    for (const row of state.strikes) {
+      const tr = document.createElement("tr");
+      tr.dataset.strike = row.strike;
+      const cells = { tr, data: row, ce: {}, pe: {}, strikeTd: null };
+      for (const col of CE_COLS) cells.ce[col] = cell(tr, col, "ce");
+      const s = document.createElement("td");
+      s.className = "strike";
+      s.textContent = DEC.format(row.strike).replace(/\.00$/, "");
+      tr.appendChild(s);
+      cells.strikeTd = s;
+      for (const col of PE_COLS) cells.pe[col] = cell(tr, col, "pe");
+      rows.set(row.strike, cells);
+      frag.appendChild(tr);
+    }
+    tbody.appendChild(frag);
+    charts = null;
+    $("chart-oi").innerHTML = $("chart-oichg").innerHTML = $("chart-iv").innerHTML = "";
+  }
+
+  function cell(tr, col, side) {
+    const td = document.createElement("td");
+    td.dataset.f = `${side}.${col}`;
+    if (col === "oi") td.className = `oi ${side}`;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function schedule() {
+    if (painting) return;
+    painting = true;
+    requestAnimationFrame(paint);
+  }
+
+  function paint() {
+    painting = false;
+    if (!state) return;
+    let max = 0;
+    for (const r of state.strikes) {
+      if (r.ce && r.ce.oi > max) max = r.ce.oi;
+      if (r.pe && r.pe.oi > max) max = r.pe.oi;
+    }
+    const all = dirty.has("*") || max !== maxOi;
+    maxOi = max;
+    const ref = state.forward ?? state.underlying_ltp;
+    for (const [strike, cells] of rows) {
+      for (const side of ["ce", "pe"]) {
+        if (!all && !dirty.has(legKey(strike, side.toUpperCase()))) continue;
+        paintLeg(cells, side, cells.data[side], ref);
+      }
+    }
+    if (all || dirty.size) paintRows(ref);
+    dirty.clear();
+    paintHeader();
+    const now = Date.now();
+    if (now - chartsAt >= CHART_MS) { chartsAt = now; paintCharts(); }
+  }
+
+  function paintLeg(cells, side, leg, ref) {
+    const cols = cells[side];
+    for (const col in cols) {
+      const td = cols[col];
+      const v = leg ? leg[col] : null;
+      const text = fmt(v, col);
+      if (td.textContent !== text) td.textContent = text;
+      if (col === "change" || col === "oi_change") td.className = v > 0 ? "up" : v < 0 ? "down" : "";
+      if (col === "oi") td.style.backgroundSize = `${maxOi && v ? (100 * v / maxOi).toFixed(1) : 0}% 100%`;
+      td.classList.toggle("stale", Boolean(leg && leg.stale));
+    }
+  }
+
+  function paintRows(ref) {
+    const atm = state.atm_strike;
+    for (const [strike, cells] of rows) {
+      cells.tr.classList.toggle("atm", atm !== null && strike === atm);
+      const ceItm = ref !== null && ref !== undefined && strike < ref;
+      const peItm = ref !== null && ref !== undefined && strike > ref;
+      for (const td of Object.values(cells.ce)) td.classList.toggle("itm", ceItm);
+      for (const td of Object.values(cells.pe)) td.classList.toggle("itm", peItm);
+    }
+  }
+
+  function paintHeader() {
+    const s = state;
+    $("spot").textContent = fmt(s.underlying_ltp);
+    $("forward").textContent = fmt(s.forward);
+    $("atm").textContent = s.atm_strike ?? "–";
+    $("pcr").textContent = s.pcr_oi ?? "–";
+    $("maxpain").textContent = s.max_pain ?? "–";
+    $("maxce").textContent = (s.max_oi && s.max_oi.ce) ?? "–";
+    $("maxpe").textContent = (s.max_oi && s.max_oi.pe) ?? "–";
+    $("dte").textContent = s.days_to_expiry ?? "–";
+    $("version").textContent = s.version;
+    freshness();
+  }
+
+  function freshness() {
+    const badge = $("fresh");
+    if (!state) return;
+    const market = state.market || {};
+    if (market.state && market.state !== "open") {
+      badge.className = "badge closed";
+      badge.textContent = market.state === "pre_open" ? "pre-open" : "market closed";
+      badge.title = market.next_open ? `next open ${market.next_open}` : "";
+      return;
+    }
+    const age = state.as_of ? (Date.now() - Date.parse(state.as_of)) / 1000 : Infinity;
+    badge.className = "badge " + (state.stale || age > 30 ? "red" : age > 5 ? "amber" : "green");
+    badge.textContent = state.stale ? "stale" : age < 1 ? "live" : `${Math.round(age)}s old`;
+    badge.title = `as of ${state.as_of}`;
+  }
+
+  function paintCharts() {
+    if (typeof uPlot === "undefined" || !state) return;
+    const x = [], ceOi = [], peOi = [], ceChg = [], peChg = [], ceIv = [], peIv = [];
+    for (const r of state.strikes) {
+      x.push(r.strike);
+      ceOi.push(r.ce ? r.ce.oi : null); peOi.push(r.pe ? r.pe.oi : null);
+      ceChg.push(r.ce ? r.ce.oi_change : null); peChg.push(r.pe ? r.pe.oi_change : null);
+      ceIv.push(r.ce ? r.ce.iv : null); peIv.push(r.pe ? r.pe.iv : null);
+    }
+    if (!charts) {
+      const width = Math.max(300, $("chart-oi").clientWidth || 360);
+      const bars = (align) => (uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.45, 14], align }) : undefined);
+      const compact = (u, vals) => vals.map((v) => (v === null ? "" : Math.abs(v) >= 1e7 ? (v / 1e7).toFixed(1) + "Cr"
+        : Math.abs(v) >= 1e5 ? (v / 1e5).toFixed(1) + "L" : Math.abs(v) >= 1e3 ? (v / 1e3).toFixed(0) + "k" : String(v)));
+      const make = (el, a, b, asBars) => new uPlot({
+        width, height: 170, legend: { show: true },
+        scales: { x: { time: false } },
+        axes: [{}, { size: 56, values: asBars ? compact : undefined }],
+        series: [{ label: "strike" },
+          { label: "CE", stroke: "#d9534f", fill: asBars ? "rgba(217,83,79,.55)" : undefined, paths: asBars ? bars(-1) : undefined,
+            points: { show: !asBars }, width: asBars ? 1 : 1.5 },
+          { label: "PE", stroke: "#2e7d32", fill: asBars ? "rgba(46,125,50,.55)" : undefined, paths: asBars ? bars(1) : undefined,
+            points: { show: !asBars }, width: asBars ? 1 : 1.5 }],
+      }, [x, a, b], $(el));
+      charts = [make("chart-oi", ceOi, peOi, true), make("chart-oichg", ceChg, peChg, true), make("chart-iv", ceIv, peIv, false)];
+      return;
+    }
+    charts[0].setData([x, ceOi, peOi]);
+    charts[1].setData([x, ceChg, peChg]);
+    charts[2].setData([x, ceIv, peIv]);
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  $("underlying").addEventListener("change", () => { fillExpiries(null); state = null; start(); });
+  $("expiry").addEventListener("change", () => { state = null; start(); });
+  setInterval(freshness, 1000);
+  loadUnderlyings().then(start).catch((err) => { $("transport").textContent = "cannot load /options/underlyings: " + err; });
+})();
