@@ -62,12 +62,16 @@ screenshot: $(STAMP) chromium
 
 # The long form of the reliability suites (README "Reliability"): ≥ 1M fuzzed decoder inputs,
 # 1,000 pollers + 1,000 stream clients for 60 s, schemathesis with 200 examples per operation,
-# the descriptor-reserve and feed-fault tests. Results: docs/reliability.md, docs/reliability-load.json.
+# the descriptor-reserve and feed-fault tests, and the fault suite under load (tests/faults: every
+# fault FAULT_ROUNDS times). Results: docs/reliability.md, docs/reliability-load.json,
+# docs/reliability-faults.json.
+FAULT_ROUNDS ?= 10
 test-long: $(STAMP) redis-server
 	RELIABILITY_LONG=1 RELIABILITY_FUZZ_EXAMPLES=2000 RELIABILITY_FUZZ_BATCH=300 RELIABILITY_SCHEMA_EXAMPLES=200 \
+	  RELIABILITY_FAULT_ROUNDS=$(FAULT_ROUNDS) \
 	  $(VENV)/bin/pytest -q -s -o timeout=1800 -p no:cacheprovider tests/test_fuzz.py tests/test_load.py \
 	  tests/test_openapi.py tests/test_descriptor_reserve.py tests/test_hostile_clients.py tests/test_faults.py \
-	  $(PYTEST_ARGS)
+	  tests/faults $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server
 	$(VENV)/bin/python -m bench

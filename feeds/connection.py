@@ -1,4 +1,13 @@
-"""Pieces every broker's feed client shares: the reconnect backoff and per-connection stats.
+"""Pieces every broker's feed client shares: the connection settings, the reconnect backoff and
+per-connection stats.
+
+``FeedConnectionConfig`` declares, once, how a client connects, waits and retries (timeouts,
+backoff, stall watchdog, URL…). Each broker's client config extends it without declaring a
+field of its own (``feeds.dhan.client.DhanFeedConfig``, ``feeds.kite.client.KiteFeedConfig``);
+a broker's own minimum for one of these keys (Dhan: ≥ 60 s after an HTTP 429) is named in its
+``FLOORS`` and checked on construction. The service's ``feed.*`` settings extend this same model
+(``service.settings.FeedSettings``), and ``service.feed_source`` builds the chosen broker's
+config from them.
 
 ``ConnectionStats`` are plain counters a receive loop increments per frame; the service's
 metrics and health read them at scrape time (``service.metrics``, ``service.core.health``), the
@@ -10,7 +19,82 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
+
+
+class FeedConnectionConfig(BaseModel):
+    """How a feed client connects, waits and retries; frozen and validated on construction.
+
+    Declared once: ``service.settings.FeedSettings`` extends it with the service's own keys,
+    so each of these is also the setting ``feed.<name>`` (env ``LIVECHAIN_FEED__<NAME>``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A broker's own minimum for a key: {key: (floor, why)}, checked on construction.
+    FLOORS: ClassVar[Mapping[str, tuple[float, str]]] = {}
+
+    # The feed's base URL (the client adds the query string). The default is Dhan's feed; with
+    # feed.kind = kite the service connects to wss://ws.kite.trade unless this is changed.
+    url: str = "wss://api-feed.dhan.co"
+    open_timeout_s: float = Field(10.0, gt=0)  # connecting (TCP, TLS, WebSocket handshake) gives up after this long
+    ping_interval_s: float = Field(20.0, gt=0)  # our WebSocket pings; an unanswered one closes the socket
+    close_timeout_s: float = Field(2.0, gt=0)  # wait this long for the close handshake at shutdown
+    reconnect_initial_s: float = Field(0.5, gt=0)  # backoff: exponential, full jitter, capped
+    reconnect_max_s: float = Field(30.0, gt=0)  # the reconnect backoff's cap
+    # A session that stayed up this long resets the backoff to its initial delay.
+    healthy_after_s: float = Field(30.0, gt=0)
+    # Silence this long while the market is open means the feed is dead: the socket is replaced.
+    stall_timeout_s: float = Field(30.0, gt=0)
+    # After HTTP 429 on the handshake (Dhan: at least 60, reference §8.9).
+    rate_limit_cooloff_s: float = Field(60.0, gt=0)
+    # After the broker says the account has too many connections (Dhan's 805; at least 30).
+    too_many_connections_backoff_s: float = Field(120.0, gt=0)
+    max_batch_ticks: int = Field(1024, ge=1)  # ticks handed to the sink in one batch, at most
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        if "?" in v:
+            raise ValueError("must not carry a query string: token and client id are added by the client")
+        try:
+            parsed = URL(v)
+            parsed.explicit_port  # noqa: B018 - raises for a port that is not a number in 0..65535
+        except ValueError:
+            raise ValueError("is not a valid URL: the port must be a number from 1 to 65535") from None
+        if not parsed.host:
+            raise ValueError("has no host, e.g. wss://api-feed.dhan.co")
+        if parsed.explicit_port == 0:
+            raise ValueError("port 0 is not a port to connect to")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> FeedConnectionConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+    @model_validator(mode="after")
+    def _floors(self) -> FeedConnectionConfig:
+        low = [
+            f"{key} must be >= {floor:g} ({why})"
+            for key, (floor, why) in self.FLOORS.items()
+            if getattr(self, key) < floor
+        ]
+        if low:
+            raise ValueError("; ".join(low))
+        return self
+
+    def connection_values(self) -> dict[str, object]:
+        """This model's connection keys and values (a subclass's own keys left out)."""
+        return {k: getattr(self, k) for k in FeedConnectionConfig.model_fields}
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:

@@ -1,5 +1,9 @@
 """Reading an instrument master from a path or an http(s) URL, for any broker's loader.
 
+``InstrumentMaster`` is how one broker's master is loaded (and, for a day's cached copy,
+fetched and parsed apart); ``service.feed_source`` picks the broker's, and the service's
+cache (``service.scrip_cache``) sees only this.
+
 A URL may carry a token in its query string: errors and logs show it without credentials,
 query or fragment, and errors whose text quotes the URL are not chained.
 """
@@ -7,12 +11,40 @@ query or fragment, and errors whose text quotes the URL are not chained.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
 
 from feeds.errors import InstrumentMasterError
+from feeds.model import ChainSkeleton
+
+class LoadMaster(Protocol):
+    def __call__(self, source: str, underlyings: Sequence[str], *, timeout_s: float) -> Awaitable[ChainSkeleton]: ...
+
+
+class FetchMaster(Protocol):
+    def __call__(self, source: str, *, timeout_s: float) -> Awaitable[bytes]: ...
+
+
+class ParseMaster(Protocol):
+    def __call__(self, body: bytes, underlyings: Sequence[str], *, shown: str) -> Awaitable[ChainSkeleton]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentMaster:
+    """One broker's instrument master: ``load`` a path or URL into the chain skeleton; ``fetch``
+    and ``parse`` are the same in two steps, so the body can be kept as a day's copy (None: the
+    master is always read as it is)."""
+
+    name: str  # in messages: "scrip master", "instruments CSV"
+    load: LoadMaster
+    fetch: FetchMaster | None = None
+    parse: ParseMaster | None = None
+
 
 # aiohttp puts the full URL, query included, into the text of these errors.
 _URL_BEARING_ERRORS = (aiohttp.ClientResponseError, aiohttp.InvalidURL)

@@ -3,12 +3,18 @@
 Every feed (the Dhan or Kite client, against the broker, the simulator or a replay) implements
 ``FeedSource``; the service implements ``FeedSink``. Calls into the sink are synchronous
 and happen on the event loop, so the sink's owner can apply them without locks.
+
+A broker that publishes a whole option chain over REST (Dhan, reference §6) can also be a
+``ChainSeedSource``: the service seeds and reconciles its cache from it
+(``service.analytics.rest_seed``). Kite has none, so with Kite nothing is seeded.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
 from feeds.connection import ConnectionStats
@@ -89,3 +95,70 @@ class FeedSource(Protocol):
 
     async def run(self, sink: FeedSink) -> None:
         """Stream into ``sink`` until cancelled; raise FatalFeedError when retrying cannot help."""
+
+
+# --------------------------------------------------------------------------- chain seeding
+
+
+class SeedGreeks(Protocol):
+    @property
+    def delta(self) -> float: ...
+    @property
+    def gamma(self) -> float: ...
+    @property
+    def theta(self) -> float: ...
+    @property
+    def vega(self) -> float: ...
+
+
+class SeedQuote(Protocol):
+    """What a broker's chain says about one leg (quantities in units, prices in rupees)."""
+
+    @property
+    def security_id(self) -> int | None: ...  # the leg's instrument id, when the broker sends it
+    @property
+    def oi(self) -> int | None: ...
+    @property
+    def previous_close(self) -> float | None: ...
+    @property
+    def previous_oi(self) -> int | None: ...
+    @property
+    def implied_volatility(self) -> float | None: ...  # percent; None: no IV and no greeks
+    @property
+    def greeks(self) -> SeedGreeks | None: ...
+
+
+class SeedStrike(Protocol):
+    @property
+    def strike(self) -> float: ...
+    @property
+    def ce(self) -> SeedQuote | None: ...
+    @property
+    def pe(self) -> SeedQuote | None: ...
+
+
+class SeedChain(Protocol):
+    @property
+    def strikes(self) -> Sequence[SeedStrike]: ...
+
+
+class ChainSeedSource(Protocol):
+    """A broker's REST option chain, as the seeder sees it (an async context manager).
+
+    Every request is bounded (rate limit, timeout, bounded retries) by the implementation; a
+    failure raises ``feeds.errors.RestError`` (``RestAuthError`` for refused credentials)."""
+
+    name: str  # whose chain, in logs: "Dhan"
+    stats: Any  # request counters for metrics: requests, retries, failures, rate_limited
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def expiry_list(self, index: InstrumentKey) -> Sequence[dt.date]:
+        """The expiries the broker lists for the underlying whose index is ``index``."""
+
+    async def option_chain(self, index: InstrumentKey, expiry: dt.date) -> SeedChain:
+        """The whole chain of one expiry."""

@@ -256,6 +256,8 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )
+        if metrics is not None:
+            metrics.attach_connections("api", app)
         port = await serve_http(
             app, settings.http, stack, lifecycle, sock=http_sock,
             reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,

@@ -5,19 +5,22 @@ Each check prints one line, ``ok``, ``warn`` or ``FAIL`` with what it found; the
 order a start meets them:
 
 * settings: they load (the CLI reports a failure to load);
-* credentials (``feed.kind = dhan``): ``DHAN_CLIENT_ID`` and a token from its source (the
-  environment, ``feed.token_file`` or ``feed.token_command``, which is run once);
+* credentials (``feed.kind = dhan`` or ``kite``): ``DHAN_CLIENT_ID`` (``KITE_API_KEY``) and a
+  token from its source (``DHAN_ACCESS_TOKEN`` / ``KITE_ACCESS_TOKEN``, ``feed.token_file`` or
+  ``feed.token_command``, which is run once);
 * market calendar: the session hours and that the holiday list covers this year;
-* scrip master: downloaded (or today's cached copy) and parsed for the configured underlyings,
-  the subscription count against Dhan's 5 × 5000 budget;
+* scrip master: the broker's instrument master downloaded (or today's cached copy) and parsed
+  for the configured underlyings, the subscription count against the broker's budget (Dhan
+  5 × 5000, Kite 3 × 3000);
 * feed: one short connection subscribing one index, reporting a disconnect code in words
-  (808 → authentication failed). It is one of the account's 5 sockets: with a service already
-  running on 5 connections, skip it (``--no-feed``);
+  (Dhan's 808 → authentication failed; Kite's HTTP 403). It is one of the account's sockets:
+  with a service already running on all of them, skip it (``--no-feed``);
 * Redis (unless ``redis.enabled = false``): PING and the server version;
 * ports: ``http.port`` and ``metrics.port`` can be bound.
 
 The access token never appears in the output: it is not in any message, and the report is
-scrubbed of it all the same.
+scrubbed of it all the same. Whatever is broker-specific (credentials, master format, budget,
+the probe connection) comes from ``service.feed_source``.
 """
 
 from __future__ import annotations
@@ -33,18 +36,31 @@ from typing import Literal
 
 from feeds.calendar import MarketCalendar
 from feeds.clock import SYSTEM_CLOCK, Clock, ist_now
-from feeds.dhan.client import MAX_CONNECTIONS, MAX_INSTRUMENTS_PER_CONNECTION, DhanFeed, Subscription, check_budget
-from feeds.dhan.instruments import shown_source
-from feeds.dhan.packets import FeedMode
 from feeds.errors import FatalFeedError, FeedError, InstrumentMasterError, SubscriptionError
+from feeds.master import shown_source
 from feeds.model import ChainSkeleton, Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedEvent, ServerDisconnect
 from service.core.roll import live_skeleton
 from service.errors import ConfigError
-from service.feed_source import FeedEndpoint, dhan_credentials, market_calendar, open_endpoint, subscriptions_for
+from service.feed_source import (
+    BROKER_NAMES,
+    FeedEndpoint,
+    broker_credentials,
+    broker_of,
+    check_subscription_budget,
+    describe_credentials,
+    instrument_master,
+    live_endpoint,
+    market_calendar,
+    master_cache,
+    master_source,
+    open_endpoint,
+    probe_feed,
+    subscription_budget,
+)
 from service.redis.client import REDIS_ERRORS, close_client, describe, make_client, masked_url
-from service.scrip_cache import cache_for, load_instruments
-from service.settings import DHAN_SCRIP_MASTER_URL, Settings
+from service.scrip_cache import load_instruments
+from service.settings import Settings
 from service.tasks import cancel_and_wait
 
 Status = Literal["ok", "warn", "FAIL", "skip"]
@@ -140,7 +156,7 @@ async def _endpoint(
     settings: Settings, calendar: MarketCalendar | None, stack: contextlib.AsyncExitStack, clock: Clock,
     checks: list[Check],
 ) -> FeedEndpoint | None:
-    if settings.feed.kind != "dhan":
+    if settings.feed.kind not in ("dhan", "kite"):
         checks.append(Check("credentials", "skip", f"not needed with feed.kind = {settings.feed.kind}"))
         try:
             return await open_endpoint(settings, stack, clock)
@@ -148,17 +164,14 @@ async def _endpoint(
             checks.append(Check("feed", "FAIL", f"cannot start the {settings.feed.kind} source: {exc}"))
             return None
     try:
-        credentials = await asyncio.to_thread(dhan_credentials, settings)  # a token command may take a while
+        credentials = await asyncio.to_thread(broker_credentials, settings)  # a token command may take a while
     except ConfigError as exc:
         checks.append(Check("credentials", "FAIL", str(exc)))
         return None
-    checks.append(Check("credentials", "ok", f"DHAN_CLIENT_ID set; access token read from {credentials.token_source}"))
+    checks.append(Check("credentials", "ok", describe_credentials(credentials)))
     if calendar is None:
         return None
-    return FeedEndpoint(
-        settings.feed.url, credentials, settings.instruments.source or DHAN_SCRIP_MASTER_URL, calendar,
-        rest_url=settings.feed.rest_url,
-    )
+    return live_endpoint(settings, credentials, calendar)
 
 
 async def _check_instruments(
@@ -166,10 +179,13 @@ async def _check_instruments(
     checks: list[Check],
 ) -> ChainSkeleton | None:
     i = settings.instruments
-    source = endpoint.scrip_master if endpoint is not None else (i.source or DHAN_SCRIP_MASTER_URL)
-    cache = cache_for(i.cache_dir, i.cache_keep_days, clock)
+    broker = endpoint.broker if endpoint is not None else broker_of(settings)
+    source = endpoint.scrip_master if endpoint is not None else master_source(settings)
+    cache = master_cache(settings, broker, clock)
     try:
-        full = await load_instruments(source, i.underlyings, timeout_s=i.load_timeout_s, cache=cache)
+        full = await load_instruments(
+            source, i.underlyings, timeout_s=i.load_timeout_s, cache=cache, master=instrument_master(broker)
+        )
     except (InstrumentMasterError, ValueError) as exc:
         checks.append(Check("scrip master", "FAIL", f"{shown_source(source)}: {exc}"))
         return None
@@ -180,8 +196,7 @@ async def _check_instruments(
         f"{s}: {len(u.expiries)} expiries ({', '.join(e.expiry.isoformat() for e in u.expiries) or 'none unexpired'})"
         for s, u in skeleton.underlyings.items()
     ]
-    count = len(subscriptions_for(settings, skeleton))
-    budget = MAX_CONNECTIONS * MAX_INSTRUMENTS_PER_CONNECTION
+    count, budget = subscription_budget(settings, skeleton, broker)
     detail = f"{shown_source(source)}: {'; '.join(parts)}; {count} of {budget} subscriptions"
     if cache is not None:
         copies = cache.copies()
@@ -190,7 +205,7 @@ async def _check_instruments(
         detail += "; instruments.cache_dir unset: a failed download at start stops the service"
     empty = [s for s, u in skeleton.underlyings.items() if not u.expiries]
     try:
-        check_budget(count)
+        check_subscription_budget(broker, count)
     except SubscriptionError as exc:
         checks.append(Check("scrip master", "FAIL", f"{detail}: {exc}"))
         return None
@@ -205,15 +220,14 @@ async def _check_instruments(
 async def _check_feed(
     settings: Settings, endpoint: FeedEndpoint, skeleton: ChainSkeleton, clock: Clock, wait_s: float
 ) -> Check:
-    symbol, und = next(iter(skeleton.underlyings.items()))
-    sub = Subscription(und.key, FeedMode.QUOTE, und.tick_size)
-    config = settings.feed.model_copy(update={"url": endpoint.url})
-    feed = DhanFeed(config, endpoint.credentials, [sub], is_market_open=endpoint.calendar.is_open, clock=clock)
+    feed, symbol = probe_feed(settings, endpoint, skeleton, clock)
+    broker = BROKER_NAMES.get(feed.broker, feed.broker)
     probe = _Probe()
     task = asyncio.create_task(feed.run(probe), name="doctor-feed")
     shown = endpoint.url
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.open_timeout_s + wait_s
+    open_timeout_s = settings.feed.open_timeout_s
+    deadline = loop.time() + open_timeout_s + wait_s
     try:
         while not (probe.data or probe.down or task.done()):
             remaining = deadline - loop.time()
@@ -232,12 +246,12 @@ async def _check_feed(
         if probe.data:
             return Check("feed", "ok", f"{shown}: connected, {symbol} index subscribed, data received")
         if probe.down is not None:
-            why = f"; Dhan said {', '.join(probe.codes)}" if probe.codes else (
-                "; no reason given (Dhan drops a stale or invalid token that way)"
+            why = f"; {broker} said {', '.join(probe.codes)}" if probe.codes else (
+                f"; no reason given ({broker} drops a stale or invalid token that way)"
             )
             return Check("feed", "FAIL", f"{shown}: connection lost: {probe.down}{why}")
         if not probe.up:
-            return Check("feed", "FAIL", f"{shown}: no connection within {config.open_timeout_s + wait_s:g}s")
+            return Check("feed", "FAIL", f"{shown}: no connection within {open_timeout_s + wait_s:g}s")
         if endpoint.calendar.is_open(clock.time()):
             return Check("feed", "warn", f"{shown}: connected and subscribed, but no data within {wait_s:g}s "
                                          "while the market is open")  # fmt: skip
@@ -314,7 +328,7 @@ def run_doctor(settings: Settings, *, config: object = None, check_feed: bool = 
     origin = f"--config {config}" if config else (
         f"LIVECHAIN_CONFIG {os.environ['LIVECHAIN_CONFIG']}" if os.environ.get("LIVECHAIN_CONFIG") else "packaged defaults"
     )
-    secrets = [os.environ.get("DHAN_ACCESS_TOKEN", "").strip()]
+    secrets = [os.environ.get(name, "").strip() for name in ("DHAN_ACCESS_TOKEN", "KITE_ACCESS_TOKEN")]
     checks = asyncio.run(
         diagnose(settings, check_feed=check_feed, settings_origin=f"{origin} + LIVECHAIN_* environment", secrets=secrets)
     )

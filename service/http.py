@@ -83,18 +83,30 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return any(tag.strip() == "*" or tag.strip().removeprefix("W/") == etag for tag in header.split(","))
 
 
+def symbol_param(request: web.BaseRequest, name: str) -> str:
+    """The query parameter ``name`` as an upper-case symbol, or a 400 ``ApiError``: required, and
+    ASCII only, checked before upper() ("nıfty" with a dotless ı must not become NIFTY).
+    Every route taking a symbol (``/options/*``, the NSE-shaped ones) goes through here."""
+    raw = request.query.get(name, "").strip()
+    if not raw:
+        raise ApiError(400, "missing_parameter", f"query parameter {name!r} is required, e.g. ?{name}=NIFTY")
+    if not _SYMBOL.fullmatch(raw):
+        raise ApiError(400, "bad_parameter", f"{name!r} must be a symbol such as NIFTY")
+    return raw.upper()
+
+
+def not_modified(request: web.BaseRequest, etag: str) -> bool:
+    """Whether any of the request's ``If-None-Match`` headers matches ``etag`` (answer 304):
+    the one rule for every route that sends an ETag (/options/live, the NSE shapes, the page)."""
+    return _etag_matches(if_none_match(request), etag)
+
+
 def resolve_chain(request: web.Request) -> ChainSnapshot:
     """The snapshot that ``?underlying=…[&expiry=YYYY-MM-DD]`` names (expiry: the nearest), or an
     ``ApiError`` (400 bad parameters, 404 unknown underlying or expiry). Shared by every route
     that serves a chain (``/options/live``, ``/options/stream``, the NSE-shaped ones)."""
     chains = request.app[CONTEXT].chains
-    raw_underlying = request.query.get("underlying", "").strip()
-    if not raw_underlying:
-        raise ApiError(400, "missing_parameter", "query parameter 'underlying' is required, e.g. ?underlying=NIFTY")
-    underlying = raw_underlying.upper()
-    # ASCII only, checked before upper(): "nıfty" (dotless ı) must not become NIFTY.
-    if not _SYMBOL.fullmatch(raw_underlying):
-        raise ApiError(400, "bad_parameter", "'underlying' must be a symbol such as NIFTY")
+    underlying = symbol_param(request, "underlying")
     expiries = chains.expiries(underlying)
     if expiries is None:
         raise ApiError(404, "unknown_underlying", f"underlying {underlying!r} is not served; see /options/underlyings")
@@ -125,7 +137,7 @@ async def options_live(request: web.Request) -> web.StreamResponse:
         return await options_live_nse(request)
     snap = resolve_chain(request)
     headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
-    if _etag_matches(if_none_match(request), snap.etag):
+    if not_modified(request, snap.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=snap.body, headers=headers, content_type="application/json")
 

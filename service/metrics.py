@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from feeds.clock import SYSTEM_CLOCK, Clock
-from service.listen import bind_socket, guarded_server
+from service.listen import GUARDS, ConnectionGuard, bind_socket, guarded_server
 from service.core.health import Health
 from service.core.lifecycle import Phase
 
@@ -156,6 +156,8 @@ class LivechainCollector(Collector):
         self.analytics: object | None = None  # service.analytics.runner.AnalyticsRunner
         self.seeder: object | None = None  # service.analytics.rest_seed.RestSeeder
         self.tasks: Supervisor | None = None
+        # (port label, that app's GUARDS list): read at scrape time, so accepting only increments.
+        self.connection_guards: list[tuple[str, list[ConnectionGuard]]] = []
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -177,6 +179,8 @@ class LivechainCollector(Collector):
             yield from self._rest(self.seeder)
         if self.tasks is not None:
             yield from self._tasks(self.tasks)
+        if self.connection_guards:
+            yield from self._connections()
 
     def _tasks(self, supervisor: Supervisor) -> Iterator[Metric]:
         crashes = CounterMetricFamily(
@@ -391,6 +395,24 @@ class LivechainCollector(Collector):
                 value=ratio,
             )
 
+    def _connections(self) -> Iterator[Metric]:
+        """``livechain_http_connections_*``: the counts ``service.listen.ConnectionGuard`` keeps, by port."""
+        accepted = CounterMetricFamily(PREFIX + "http_connections_accepted", "TCP connections accepted", labels=["port"])
+        refused = CounterMetricFamily(
+            PREFIX + "http_connections_refused", "TCP connections refused with a 503 (over the cap)", labels=["port"]
+        )
+        timeouts = CounterMetricFamily(
+            PREFIX + "http_connections_header_timeouts",
+            "Connections closed for sending no whole request head within the idle timeout", labels=["port"],
+        )
+        open_ = GaugeMetricFamily(PREFIX + "http_connections_open", "TCP connections open now", labels=["port"])
+        for label, guards in self.connection_guards:
+            accepted.add_metric([label], sum(g.accepted for g in guards))
+            refused.add_metric([label], sum(g.refused for g in guards))
+            timeouts.add_metric([label], sum(g.header_timeouts for g in guards))
+            open_.add_metric([label], sum(g.open for g in guards))
+        yield from (accepted, refused, timeouts, open_)
+
     def _mirror(self, mirror: object) -> Iterator[Metric]:
         # Duck-typed: the mirror's stats object may lack fields; only what it has is exported.
         # ``last_error`` is never exported: free text that may quote a URL with a password.
@@ -436,6 +458,10 @@ class Metrics:
         """``livechain_task_{crashes,restarts}_total`` from a ``service.tasks.Supervisor``'s counts."""
         self.collector.tasks = supervisor
 
+    def attach_connections(self, label: str, app: web.Application) -> None:
+        """Export the connection counts of the port(s) ``app`` is served on, labelled ``port=label``."""
+        self.collector.connection_guards.append((label, app.setdefault(GUARDS, [])))
+
     def attach_analytics(self, runner: object | None, seeder: object | None = None) -> None:
         self.collector.analytics = runner
         self.collector.seeder = seeder
@@ -465,6 +491,7 @@ def make_metrics_app(metrics: Metrics) -> web.Application:
     """``/metrics``, plus ``/healthz`` and ``/readyz``: this port is up during warm-up, the API's is not."""
     app = web.Application()
     app[METRICS] = metrics
+    metrics.attach_connections("metrics", app)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from service.core.snapshot import ChainSnapshot
-from service.http import CONTEXT, ApiError, _etag_matches, resolve_chain
+from service.http import CONTEXT, ApiError, not_modified, resolve_chain, symbol_param
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
@@ -171,15 +171,13 @@ NSE_CACHE = web.AppKey("nse_cache", NseCache)
 
 def _respond(request: web.Request, body: bytes, etag: str) -> web.Response:
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if _etag_matches(request.headers.get("If-None-Match"), etag):
+    if not_modified(request, etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers=headers, content_type="application/json")
 
 
 def _symbol(request: web.Request) -> tuple[str, list[dt.date]]:
-    symbol = request.query.get("symbol", "").strip().upper()
-    if not symbol:
-        raise ApiError(400, "missing_parameter", "query parameter 'symbol' is required, e.g. ?symbol=NIFTY")
+    symbol = symbol_param(request, "symbol")  # the same strict ASCII check as /options/live
     expiries = request.app[CONTEXT].chains.expiries(symbol)
     if expiries is None:
         raise ApiError(404, "unknown_underlying", f"underlying {symbol!r} is not served; see /options/underlyings")

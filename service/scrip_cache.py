@@ -10,7 +10,9 @@ that depends on a third party's web server. So a URL source is fetched through t
 * a download that fails, or a body that does not parse, falls back to the newest good copy
   with a WARNING naming its date; only when there is none does the load fail (exit 2).
 
-A filesystem source is read as it is, and with no ``cache_dir`` nothing is cached.
+A filesystem source is read as it is, and with no ``cache_dir`` nothing is cached. The file's
+format is the broker's (``feeds.master.InstrumentMaster``, chosen by ``service.feed_source``):
+this module parses nothing itself.
 Failing to write the cache is a WARNING, never a failed start.
 """
 
@@ -25,14 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from feeds.clock import SYSTEM_CLOCK, Clock, ist_now
-from feeds.dhan.instruments import (
-    fetch_scrip_master,
-    is_url,
-    load_scrip_master,
-    parse_scrip_master_bytes,
-    shown_source,
-)
 from feeds.errors import InstrumentMasterError
+from feeds.master import InstrumentMaster, is_url, shown_source
 from feeds.model import ChainSkeleton
 
 log = logging.getLogger(__name__)
@@ -103,15 +99,17 @@ async def load_instruments(
     *,
     timeout_s: float,
     cache: ScripMasterCache | None = None,
+    master: InstrumentMaster,
 ) -> ChainSkeleton:
-    """The skeleton from ``source``, through ``cache`` when it is a URL (see the module doc)."""
-    if cache is None or not is_url(source):
-        return await load_scrip_master(source, underlyings, timeout_s=timeout_s)
+    """The skeleton from ``source`` in ``master``'s format, through ``cache`` when it is a URL
+    (see the module doc) and the master can be fetched and parsed apart."""
+    if cache is None or not is_url(source) or master.fetch is None or master.parse is None:
+        return await master.load(source, underlyings, timeout_s=timeout_s)
     today = cache.today()
     todays = cache.path_for(today)
     if todays.is_file():
         try:
-            skeleton = await load_scrip_master(str(todays), underlyings, timeout_s=timeout_s)
+            skeleton = await master.load(str(todays), underlyings, timeout_s=timeout_s)
         except InstrumentMasterError as exc:
             log.warning("today's cached scrip master is unusable (%s): downloading it again", exc)
         else:
@@ -119,17 +117,18 @@ async def load_instruments(
             return skeleton
     shown = shown_source(source)
     try:
-        body = await fetch_scrip_master(source, timeout_s=timeout_s)
-        skeleton = await parse_scrip_master_bytes(body, underlyings, shown=shown)
+        body = await master.fetch(source, timeout_s=timeout_s)
+        skeleton = await master.parse(body, underlyings, shown=shown)
     except InstrumentMasterError as failure:
-        return await _fallback(cache, underlyings, timeout_s, failure, skip=todays)
+        return await _fallback(cache, master, underlyings, timeout_s, failure, skip=todays)
     if cache.store(today, body) is not None:
         log.info("scrip master cached as %s", todays)
     return skeleton
 
 
 async def _fallback(
-    cache: ScripMasterCache, underlyings: Sequence[str], timeout_s: float, failure: InstrumentMasterError, *, skip: Path
+    cache: ScripMasterCache, master: InstrumentMaster, underlyings: Sequence[str], timeout_s: float,
+    failure: InstrumentMasterError, *, skip: Path,
 ) -> ChainSkeleton:
     """The newest cached copy that loads, with a WARNING naming its date; else the failure."""
     today = cache.today()
@@ -137,7 +136,7 @@ async def _fallback(
         if path == skip:
             continue
         try:
-            skeleton = await load_scrip_master(str(path), underlyings, timeout_s=timeout_s)
+            skeleton = await master.load(str(path), underlyings, timeout_s=timeout_s)
         except InstrumentMasterError as exc:
             log.warning("cached scrip master of %s is unusable: %s", day.isoformat(), exc)
             continue

@@ -3,8 +3,11 @@
 The TOML file is ``--config`` / ``LIVECHAIN_CONFIG`` when given, else the defaults shipped in
 the package (``service/defaults/livechain.toml``, equal to the models' defaults), never a file
 found in the working directory. A relative path in a TOML file is relative to that file.
-Sections owned by ``feeds`` are declared there once: ``FeedSettings`` extends the client's
-``DhanFeedConfig`` with the service's keys, ``SimulatorSettings`` is ``SimulatorConfig``.
+Sections owned by ``feeds`` are declared there once: ``FeedSettings`` extends the broker-neutral
+``feeds.connection.FeedConnectionConfig`` (every client's connection settings) with the
+service's keys, ``SimulatorSettings`` is ``SimulatorConfig``. A broker's own floors for those
+keys (Dhan: ≥ 60 s after a 429) are checked by ``load_settings`` through ``service.feed_source``,
+the one module that knows the brokers.
 
 Nested keys use ``__`` in the environment: ``LIVECHAIN_HTTP__PORT=9000`` sets ``http.port``.
 Every model is frozen and forbids unknown keys, so a typo stops startup naming the key.
@@ -35,7 +38,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from feeds.dhan.client import DhanFeedConfig
+from feeds.connection import FeedConnectionConfig
 from feeds.simulator.config import SimulatorConfig
 from service.errors import ConfigError
 
@@ -52,9 +55,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeedSettings(DhanFeedConfig):
-    """The Dhan client's own settings (url, timeouts, backoff: declared in ``DhanFeedConfig``)
-    plus the service's choices about where the feed comes from."""
+class FeedSettings(FeedConnectionConfig):
+    """Every feed client's connection settings (url, timeouts, backoff: declared in
+    ``feeds.connection.FeedConnectionConfig``; a broker's floors, e.g. Dhan's ≥ 60 s after a
+    429, are checked for the chosen broker) plus the service's choices about where the feed
+    comes from."""
 
     # simulator: the embedded Dhan simulator; dhan: Dhan's live feed; kite: Zerodha Kite's
     # ticker (url defaults to wss://ws.kite.trade then); replay: a recording.
@@ -338,11 +343,12 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
 
 
-def _describe(exc: ValidationError, *, origin: str) -> str:
-    """One line (an operator's mistake is one log line, no traceback) naming every bad key."""
+def _describe(exc: ValidationError, *, origin: str, within: tuple[str, ...] = ()) -> str:
+    """One line (an operator's mistake is one log line, no traceback) naming every bad key
+    (``within``: the section a model of one section was validated as, e.g. ``("feed",)``)."""
     parts = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+        loc = within + tuple(p for p in err["loc"] if not isinstance(p, int))
         msg = err["msg"]
         locs = [loc]
         if len(loc) == 1 and (section := _section_model(str(loc[0]))) is not None:
@@ -483,11 +489,20 @@ def load_settings(config_path: Path | None = None) -> Settings:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         data = _resolve_relative_paths(data, path.absolute().parent)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin=f"{origin} + {ENV_PREFIX}* environment")) from None
     except SettingsError:
         raise ConfigError(f"invalid configuration: {_unparsable_variable(os.environ)}") from None
+    # feed.* as the chosen broker's client config: its floors (Dhan: ≥ 60 s after a 429) hold.
+    # Imported here: feed_source, the one module that knows the brokers, imports this one.
+    from service.feed_source import client_config  # noqa: PLC0415
+
+    try:
+        client_config(settings)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin=f"{origin} + {ENV_PREFIX}* environment", within=("feed",))) from None
+    return settings
 
 
 def load_dhan_credentials() -> DhanCredentials:

@@ -13,10 +13,13 @@ Each change becomes one delta, encoded once and written as the same bytes to eve
 that is caught up. A feed keeps, per leg, the position of its last change and a ring of its
 last ``stream_ring`` deltas, so:
 
-* a slow client is never queued for: when it can take more, it gets one delta merging
-  everything since what it was last sent (the latest value of each leg; encoded once per
-  (position, current state) however many clients are that far behind); a client further
-  behind than the ring gets a fresh snapshot;
+* a slow client is never queued for: each client has at most one event in flight. After a
+  write the handler waits until the event has left the process (the transport's buffer is
+  empty) and the kernel holds at most ``UNSENT_BYTES`` of it not yet sent (TCP_NOTSENT_LOWAT),
+  and only then builds the next one: one delta merging everything since what it was last sent,
+  from the chain's latest state (the latest value of each leg; encoded once per set of changed
+  legs and state, however many clients are that far behind); a client further behind than the
+  ring gets a fresh snapshot;
 * a reconnect with ``Last-Event-ID: v`` resumes with one delta of what changed since version
   ``v`` when ``v`` is within the ring (from this process or another one: versions are the
   primary's, so a replica resumes a primary's stream), else with a snapshot. A delta repeats
@@ -30,6 +33,7 @@ ends its streams with ``event: end``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import logging
@@ -56,6 +60,10 @@ HEARTBEAT = b": heartbeat\n\n"
 # (and get conflated) within ~a snapshot's worth of bytes, instead of the kernel queueing
 # megabytes of stale deltas per client (Linux grows an unset buffer up to tcp_wmem's 4 MiB).
 SEND_BUFFER_BYTES = 128 * 1024
+# At most this much of an event may wait in the kernel not yet sent (TCP_NOTSENT_LOWAT): the
+# socket is writable again only below it, so the next event is built from the state current when
+# the client actually takes data, not when the previous write was queued.
+UNSENT_BYTES = 16 * 1024
 ChainKey = tuple[str, dt.date]
 
 
@@ -97,6 +105,7 @@ class ChainFeed:
         self._ring: deque[bytes] = deque(maxlen=ring)  # the deltas to positions pos-len+1 … pos
         self._versions: deque[tuple[int, int]] = deque([(0, snap.version)], maxlen=ring + 1)
         self._merged: dict[int, bytes] = {}  # cursor → merged delta to the current position
+        self._leg_changes: list[int] | None = None  # the distinct positions in _leg_pos, sorted (lazy)
         self.changed = asyncio.Event()  # replaced at every change: set means "look again"
         self.clients = 0
         self.ended = False
@@ -119,6 +128,7 @@ class ChainFeed:
             self._versions.append((pos, snap.version))
             self.snap, self.pos = snap, pos
             self._merged.clear()
+            self._leg_changes = None
             self._wake()
             return True
         head = {"version": snap.version}
@@ -137,6 +147,7 @@ class ChainFeed:
         self._versions.append((pos, snap.version))
         self.snap, self._legs, self.pos = snap, legs, pos
         self._merged.clear()
+        self._leg_changes = None
         self._wake()
         return True
 
@@ -179,6 +190,14 @@ class ChainFeed:
         """The event bringing a client from position ``cursor`` (≥ ``base``) to the current one."""
         if cursor == self.pos - 1:
             return self._ring[-1]  # the shared bytes: encoded once for every caught-up client
+        # Clients at cursors with no leg change between them are sent the same legs: key the cache
+        # by the last position before the next leg change, so (under heavy ticking, where every leg
+        # changed in the last few positions) every client that far behind shares one encoding.
+        changes = self._leg_changes
+        if changes is None:
+            changes = self._leg_changes = sorted(set(self._leg_pos))
+        i = bisect.bisect_right(changes, cursor)
+        cursor = changes[i] - 1 if i < len(changes) else self.pos - 1
         merged = self._merged.get(cursor)
         if merged is None:
             legs = self._legs
@@ -278,10 +297,11 @@ class ChainStreams:
         )
         self.open += 1
         feed.clients += 1
+        transport = request.transport
+        limits = None if transport is None else transport.get_write_buffer_limits()
         try:
-            sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            if transport is not None:
+                one_event_in_flight(transport)
             await resp.prepare(request)
             await self._serve(request, resp, feed, cursor)
         except (ConnectionError, asyncio.CancelledError):
@@ -289,25 +309,31 @@ class ChainStreams:
         finally:
             self.open -= 1
             feed.clients -= 1
+            if limits is not None and transport is not None and not transport.is_closing():
+                transport.set_write_buffer_limits(high=limits[1], low=limits[0])
         return resp
 
     async def _serve(self, request: web.Request, resp: web.StreamResponse, feed: ChainFeed, cursor: int | None) -> None:
         heartbeat_s = self.config.heartbeat_s
         transport = request.transport
+        writer = request.writer
+
+        async def send(data: bytes) -> None:
+            await resp.write(data)
+            await writer.drain()  # one event in flight: the next is built only once this one left
+
         while True:
             if feed.ended:
                 await resp.write(b"event: end\ndata: {}\n\n")
                 return
             if cursor is None or cursor < feed.base:
                 snap, at = feed.snap, feed.pos
-                await resp.write(b"event: snapshot\nid: " + str(snap.version).encode() + b"\ndata: ")
-                await resp.write(snap.body)
-                await resp.write(b"\n\n")
+                await send(b"event: snapshot\nid: " + str(snap.version).encode() + b"\ndata: " + snap.body + b"\n\n")
                 cursor = at
                 continue
             if cursor < feed.pos:
                 target = feed.pos
-                await resp.write(feed.delta_since(cursor))
+                await send(feed.delta_since(cursor))
                 cursor = target
                 continue
             if transport is not None and transport.is_closing():
@@ -317,7 +343,27 @@ class ChainStreams:
                 async with asyncio.timeout(heartbeat_s):
                     await changed.wait()
             except TimeoutError:
-                await resp.write(HEARTBEAT)
+                await send(HEARTBEAT)
+
+
+def one_event_in_flight(transport: asyncio.Transport) -> None:
+    """Make a stream's writes wait until each event has left the process and (nearly) the kernel.
+
+    The transport pauses its protocol whenever anything is buffered (high water 0), so
+    ``drain()`` returns only once the whole event was handed to the kernel; the kernel takes it
+    only while less than ``UNSENT_BYTES`` of it is waiting to be sent (TCP_NOTSENT_LOWAT, Linux
+    and macOS) within a small send buffer. What a client has not taken yet is never more than
+    about one event, so what it gets next is the newest state, merged."""
+    transport.set_write_buffer_limits(high=0)
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, UNSENT_BYTES)
 
 
 STREAMS = web.AppKey("streams", ChainStreams)

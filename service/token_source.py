@@ -20,8 +20,8 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from feeds.dhan.client import Credentials
 from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,12 @@ def token_reader(
     return from_env, env_var
 
 
-def rest_credentials(credentials: Credentials) -> Credentials:
-    """The credentials for REST requests: a token command's last token rather than a new run
-    of the command per request."""
+# A broker's credentials: a dataclass whose ``access_token`` field is the reader.
+C = TypeVar("C")
+
+
+def rest_credentials(credentials: C) -> C:
+    """The credentials (any broker's dataclass with an ``access_token`` reader) for REST
+    requests: a token command's last token rather than a new run of the command per request."""
     latest = getattr(credentials.access_token, "latest", None)
     return dataclasses.replace(credentials, access_token=latest) if latest is not None else credentials

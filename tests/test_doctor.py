@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from feeds.simulator.config import SimulatorConfig
+from feeds.simulator.kite import KiteSimulatorServer
 from feeds.simulator.server import SimulatorServer
 from service.doctor import Check, diagnose, render
 from service.settings import Settings
@@ -180,3 +181,48 @@ async def test_doctor_on_the_embedded_simulator_passes() -> None:
     text, code = render(checks)
     assert code == 0, text
     assert _by_name(checks)["feed"].status == "ok"
+
+
+@pytest.fixture
+async def strict_kite() -> AsyncIterator[KiteSimulatorServer]:
+    """Kite's simulator, accepting only one access token."""
+    async with KiteSimulatorServer(SimulatorConfig(**SIM, expected_token=TOKEN)) as server:
+        yield server
+
+
+def _kite_settings(sim: KiteSimulatorServer, tmp_path: Path) -> Settings:
+    return Settings(
+        feed={"kind": "kite", "url": sim.feed_url}, instruments={"source": sim.instruments_url},
+        market={"schedule": "always_open"}, http={"port": 0}, metrics={"port": 0}, redis={"enabled": False},
+    )
+
+
+async def test_doctor_checks_kite_credentials_and_feed(
+    strict_kite: KiteSimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """feed.kind = kite: KITE_API_KEY and the token are checked (FAIL naming the missing
+    variable), Kite's instruments CSV and 3 × 3000 budget, and the probe connection (403 = FAIL)."""
+    monkeypatch.delenv("KITE_API_KEY", raising=False)
+    monkeypatch.delenv("KITE_ACCESS_TOKEN", raising=False)
+    missing = _by_name(await diagnose(_kite_settings(strict_kite, tmp_path)))
+    assert missing["credentials"].status == "FAIL" and "KITE_API_KEY" in missing["credentials"].detail
+    assert missing["feed"].status == "skip"
+    assert missing["scrip master"].status == "ok" and "of 9000 subscriptions" in missing["scrip master"].detail
+
+    monkeypatch.setenv("KITE_API_KEY", "kite-api-key")
+    monkeypatch.setenv("KITE_ACCESS_TOKEN", TOKEN)
+    secrets: list[str] = []
+    checks = await diagnose(_kite_settings(strict_kite, tmp_path), secrets=secrets)
+    c = _by_name(checks)
+    assert c["credentials"].status == "ok" and c["credentials"].detail == (
+        "KITE_API_KEY set; access token read from KITE_ACCESS_TOKEN"
+    )
+    assert c["scrip master"].status == "ok" and "instruments.cache_dir" not in c["scrip master"].detail
+    assert c["feed"].status == "ok" and "NIFTY index subscribed, data received" in c["feed"].detail, c["feed"]
+    text, code = render(checks, secrets=secrets)
+    assert code == 0 and TOKEN in secrets and TOKEN not in text
+
+    monkeypatch.setenv("KITE_ACCESS_TOKEN", "stale-kite-token")
+    refused = _by_name(await diagnose(_kite_settings(strict_kite, tmp_path)))
+    assert refused["credentials"].status == "ok"
+    assert refused["feed"].status == "FAIL" and "403" in refused["feed"].detail, refused["feed"]

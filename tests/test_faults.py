@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import websockets
-from pydantic import Field
 
 from feeds.dhan.client import Credentials, DhanFeed, DhanFeedConfig
 from feeds.dhan.packets import FeedMode
@@ -126,8 +126,7 @@ async def test_token_expired_without_a_new_token_stops_clearly(sim: SimulatorSer
 class _ShortWaits(DhanFeedConfig):
     """The client's config without Dhan's floors (≥ 60 s after a 429, ≥ 30 s after an 805)."""
 
-    rate_limit_cooloff_s: float = Field(60.0, gt=0)
-    too_many_connections_backoff_s: float = Field(120.0, gt=0)
+    FLOORS: ClassVar[Mapping[str, tuple[float, str]]] = {}
 
 
 def _feed_for(sim: SimulatorServer, settings_overrides: dict | None = None, **config: float) -> tuple[DhanFeed, Ingest]:

@@ -128,15 +128,39 @@ async def test_symbols_and_dates_are_strict(skeleton: ChainSkeleton, query: dict
             assert (await resp.json())["error"]["code"] == "bad_parameter"
 
 
-async def test_every_if_none_match_header_is_honoured(skeleton: ChainSkeleton) -> None:
-    """A second If-None-Match header carrying the current ETag gives 304, like one header listing both."""
+@pytest.mark.parametrize(
+    "path",
+    ["/api/option-chain-indices?symbol={}", "/api/option-chain-contract-info?symbol={}",
+     "/api/option-chain-v3?type=Indices&symbol={}"],
+)  # fmt: skip
+@pytest.mark.parametrize("symbol", ["nıfty", "ＮＩＦＴＹ", "NIF%20TY"])
+async def test_nse_routes_take_symbols_as_strictly_as_options_live(skeleton: ChainSkeleton, path: str,
+                                                                   symbol: str) -> None:  # fmt: skip
+    """The NSE-shaped routes apply /options/live's ASCII symbol rule: "nıfty" is a 400, never NIFTY."""
     async with served(skeleton) as s, aiohttp.ClientSession() as http:
-        async with http.get(f"{s.base}/options/live?underlying=NIFTY") as resp:
+        async with http.get(f"{s.base}{path.format('NIFTY')}") as resp:
+            assert resp.status == 200  # the same route with the plain symbol is served
+        async with http.get(f"{s.base}{path.format(symbol)}") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_parameter"
+
+
+@pytest.mark.parametrize(
+    "path", ["/options/live?underlying=NIFTY", "/api/option-chain-indices?symbol=NIFTY", "/", "/static/app.js"]
+)
+async def test_every_if_none_match_header_is_honoured(skeleton: ChainSkeleton, path: str) -> None:
+    """A second If-None-Match header carrying the current ETag gives 304, like one header listing both,
+    on every route that sends an ETag (the chain, its NSE shape, the page's files)."""
+    async with served(skeleton) as s, aiohttp.ClientSession() as http:
+        async with http.get(f"{s.base}{path}") as resp:
+            assert resp.status == 200
             etag = resp.headers["ETag"]
         headers = CIMultiDict([("If-None-Match", '"stale-tag"'), ("If-None-Match", etag)])
-        async with http.get(f"{s.base}/options/live?underlying=NIFTY", headers=headers) as resp:
+        async with http.get(f"{s.base}{path}", headers=headers) as resp:
             assert resp.status == 304
-        async with http.get(f"{s.base}/options/live?underlying=NIFTY", headers={"If-None-Match": '"other"'}) as resp:
+        async with http.get(f"{s.base}{path}", headers={"If-None-Match": f'"other", W/{etag}'}) as resp:
+            assert resp.status == 304
+        async with http.get(f"{s.base}{path}", headers={"If-None-Match": '"other"'}) as resp:
             assert resp.status == 200
 
 
@@ -218,6 +242,26 @@ async def test_connections_over_the_cap_are_refused_with_a_json_503(skeleton: Ch
         await until(lambda: _open(s) == 0, what="held connections gone")
         async with aiohttp.ClientSession() as http, http.get(f"{s.base}/healthz") as resp:
             assert resp.status == 200
+
+
+async def test_connection_counts_are_exported_as_metrics(skeleton: ChainSkeleton) -> None:
+    """livechain_http_connections_{accepted,refused,header_timeouts}_total count what the guard did, by port."""
+    async with served(skeleton, max_connections=2, idle_timeout_s=0.3) as s:
+        s.metrics.attach_connections("api", s.app)
+        silent = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(2)]
+        await until(lambda: _open(s) == 2, what="two connections open")
+        status, _, _ = split_response(await raw_exchange(s.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"))
+        assert status == 503
+        for reader, _ in silent:  # closed by the header timeout
+            async with asyncio.timeout(2 * UNIT_S):
+                assert await reader.read() == b""
+        for _, writer in silent:
+            writer.close()
+        text = s.metrics.render().decode()
+    assert 'livechain_http_connections_accepted_total{port="api"} 2.0' in text
+    assert 'livechain_http_connections_refused_total{port="api"} 1.0' in text
+    assert 'livechain_http_connections_header_timeouts_total{port="api"} 2.0' in text
+    assert 'livechain_http_connections_open{port="api"}' in text
 
 
 def _open(s: Served) -> int:

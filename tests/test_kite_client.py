@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from feeds.dhan.client import DhanFeedConfig
 from feeds.errors import SubscriptionError
-from feeds.kite.client import KiteCredentials, KiteFeed, Subscription, plan_subscriptions
+from feeds.kite.client import KiteCredentials, KiteFeed, KiteFeedConfig, Subscription, plan_subscriptions
 from feeds.kite.codec import decode_frame
 from feeds.kite.packets import Mode, UnknownPacket
 from feeds.model import Tick
@@ -41,10 +40,10 @@ class Sink:
         self.events.append(event)
 
 
-def _config(url: str, **overrides: float) -> DhanFeedConfig:
-    # The service hands the Kite client its feed.* settings; this model has every field it reads.
+def _config(url: str, **overrides: float) -> KiteFeedConfig:
+    # The service hands the Kite client feed.*'s connection keys as this model (service.feed_source).
     values = dict(url=url, reconnect_initial_s=0.02, reconnect_max_s=0.05, stall_timeout_s=5.0) | overrides
-    return DhanFeedConfig(**values)  # type: ignore[arg-type]
+    return KiteFeedConfig(**values)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager

@@ -27,14 +27,18 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium i
 playwright_api = pytest.importorskip("playwright.async_api")
 
 
+KEY = "page-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 @pytest.fixture
 async def svc(request: pytest.FixtureRequest) -> AsyncIterator[RunningService]:
-    max_streams = getattr(request, "param", 100)
+    http = getattr(request, "param", {})  # http settings (an int: max_streams)
     settings = settings_for(
         None,
         simulator={"underlyings": ["NIFTY", "BANKNIFTY"], "expiries": 2, "strikes_per_side": 12},
         instruments={"underlyings": ["NIFTY", "BANKNIFTY"]},
-        http={"max_streams": max_streams},
+        http={"max_streams": 100, **({"max_streams": http} if isinstance(http, int) else http)},
     )
     async with running_service(settings) as service:
         yield service
@@ -104,15 +108,66 @@ async def test_page_streams_prices_and_switches_chains(svc: RunningService, page
         (DOCS / "page.png").write_bytes(shot)
 
 
-@pytest.mark.parametrize("svc", [1], indirect=True)  # one stream slot, taken by the test
-async def test_page_polls_when_the_stream_is_refused(svc: RunningService, page: object) -> None:
-    """With every stream slot taken, the page polls /options/live (If-None-Match) and still moves."""
+async def keyed_json(port: int, path: str, **params: str) -> dict:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.get(f"http://127.0.0.1:{port}{path}", params=params) as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+
+async def enter_key(page: object, key: str) -> None:
+    await page.wait_for_selector("#keyform", state="visible")  # type: ignore[attr-defined]
+    await page.fill("#apikey", key)  # type: ignore[attr-defined]
+    await page.click("#keyform button")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("svc", [{"api_keys": [KEY]}], indirect=True)
+async def test_page_asks_for_the_api_key_then_streams(svc: RunningService, page: object) -> None:
+    """With API keys on (where EventSource gets 401), the page asks for the key, asks again for a
+    wrong one, then shows live prices from the stream, read with fetch() and the key in a header
+    (never in a URL); the key is kept in sessionStorage, so a reload does not ask again."""
+    port = svc.http_port
     async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/options/stream", params={"underlying": "NIFTY"}) as resp:
+            assert resp.status == 401  # what an EventSource, which cannot send a header, would get
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))  # type: ignore[attr-defined]
+    await page.goto(f"http://127.0.0.1:{port}/")  # type: ignore[attr-defined]
+    await wait_for(lambda: _text_is(page, "#transport", "waiting for an API key"), "the page to ask for a key")
+    assert await strikes(page) == []  # nothing shown without a key
+    await enter_key(page, "not-the-key-0123456789")
+    await wait_for(lambda: _text_is(page, "#keyerr", "that key was not accepted"), "a wrong key to be refused")
+    await enter_key(page, KEY)
+    nifty = await keyed_json(port, "/options/live", underlying="NIFTY")
+    await wait_for(lambda: _rows_are(page, nifty), "the nearest NIFTY chain's strikes in the table")
+    await wait_for(lambda: _text_is(page, "#transport", "live (stream)"), "the page to stream")
+    assert await page.is_hidden("#keyform")  # type: ignore[attr-defined]
+    before = await cells(page, "ce.ltp")
+    await wait_for(lambda: _changed(page, "ce.ltp", before), "a call's last price to change on the page")
+    assert await page.evaluate("sessionStorage.getItem('livechain.apiKey')") == KEY  # type: ignore[attr-defined]
+    assert any("/options/stream?" in u for u in urls)
+    assert not any(KEY in u or "0123456789" in u for u in urls + [page.url])  # type: ignore[attr-defined]
+
+    await page.reload()  # type: ignore[attr-defined]
+    await wait_for(lambda: _rows_are(page, nifty), "the chain again after a reload")
+    await wait_for(lambda: _text_is(page, "#transport", "live (stream)"), "streaming again after a reload")
+    assert await page.is_hidden("#keyform")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("svc", [{"max_streams": 1}, {"max_streams": 1, "api_keys": [KEY]}], indirect=True,
+                         ids=["open", "keys"])  # one stream slot, taken by the test  # fmt: skip
+async def test_page_polls_when_the_stream_is_refused(svc: RunningService, page: object) -> None:
+    """With every stream slot taken, the page polls /options/live (If-None-Match) and still moves;
+    with keys on, it polls with the key it was given."""
+    keyed = bool(svc.settings.http.api_keys)
+    async with aiohttp.ClientSession(headers=AUTH if keyed else None) as http:
         taken = await open_stream(http, svc.http_port, underlying="NIFTY")
         assert taken.status == 200
         await page.goto(f"http://127.0.0.1:{svc.http_port}/")  # type: ignore[attr-defined]
+        if keyed:
+            await enter_key(page, KEY)
         await wait_for(lambda: _text_is(page, "#transport", "polling"), "the page to fall back to polling")
-        _, nifty = await get_json(svc.http_port, "/options/live", underlying="NIFTY")
+        nifty = await keyed_json(svc.http_port, "/options/live", underlying="NIFTY")
         await wait_for(lambda: _rows_are(page, nifty), "the chain in the table")
         before = await cells(page, "ce.ltp")
         await wait_for(lambda: _changed(page, "ce.ltp", before), "prices to change while polling")

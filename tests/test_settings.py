@@ -7,10 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from feeds.calendar import NSE_HOLIDAYS, MarketCalendar
 from feeds.clock import ManualClock, ist_instant
+from feeds.connection import FeedConnectionConfig
 from feeds.dhan.client import Credentials, DhanFeedConfig
+from feeds.kite.client import KiteCredentials, KiteFeedConfig
 from feeds.model import ChainSkeleton
 from feeds.simulator.config import SimulatorConfig
 from service.errors import ConfigError
@@ -89,9 +92,13 @@ def test_bad_values_name_the_key(monkeypatch: pytest.MonkeyPatch, env: dict[str,
 
 
 def test_feed_settings_are_the_client_config(monkeypatch: pytest.MonkeyPatch, skeleton: ChainSkeleton) -> None:
-    """feed.* is DhanFeedConfig plus the service's keys; build_feed hands it over whole, with the endpoint's URL."""
-    assert set(DhanFeedConfig.model_fields) < set(FeedSettings.model_fields)
-    assert set(FeedSettings.model_fields) - set(DhanFeedConfig.model_fields) == {
+    """feed.* is the broker-neutral FeedConnectionConfig plus the service's keys; each broker's
+    client config declares no field of its own; build_feed hands feed.*'s connection keys over
+    whole, with the endpoint's URL, as the chosen broker's config."""
+    connection = set(FeedConnectionConfig.model_fields)
+    assert issubclass(FeedSettings, FeedConnectionConfig)
+    assert set(DhanFeedConfig.model_fields) == connection == set(KiteFeedConfig.model_fields)
+    assert set(FeedSettings.model_fields) - connection == {
         "kind", "index_mode", "token_file", "token_command", "token_command_timeout_s", "rest_url"
     }
     monkeypatch.setenv("LIVECHAIN_FEED__STALL_TIMEOUT_S", "7")
@@ -104,7 +111,31 @@ def test_feed_settings_are_the_client_config(monkeypatch: pytest.MonkeyPatch, sk
     assert isinstance(config, DhanFeedConfig)
     assert config.url == "ws://127.0.0.1:9" and settings.feed.url == "wss://api-feed.dhan.co"
     assert (config.stall_timeout_s, config.max_batch_ticks) == (7.0, 64)
-    assert config.model_dump(exclude={"url"}) == settings.feed.model_dump(exclude={"url"})
+    assert config.model_dump(exclude={"url"}) == settings.feed.model_dump(include=connection - {"url"})
+    kite = FeedEndpoint(
+        "ws://127.0.0.1:9", KiteCredentials("k", lambda: "t"), "unused.csv", MarketCalendar(always_open=True),
+        broker="kite",
+    )
+    kite_config = build_feed(settings, skeleton, kite).config
+    assert type(kite_config) is KiteFeedConfig and kite_config.model_dump() == config.model_dump()
+
+
+def test_broker_floors_are_checked_for_the_chosen_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dhan's floor (≥ 60 s after a 429) stops startup naming the key with Dhan's protocol
+    (the simulator speaks it too); Kite has no such floor."""
+    monkeypatch.setenv("LIVECHAIN_FEED__RATE_LIMIT_COOLOFF_S", "30")
+    for kind in ("dhan", "simulator", "replay"):
+        monkeypatch.setenv("LIVECHAIN_FEED__KIND", kind)
+        with pytest.raises(ConfigError, match=r"feed\.rate_limit_cooloff_s \(env LIVECHAIN_FEED__RATE_LIMIT_COOLOFF_S\).*60"):
+            load_settings()
+    monkeypatch.setenv("LIVECHAIN_FEED__KIND", "kite")
+    assert load_settings().feed.rate_limit_cooloff_s == 30.0
+    monkeypatch.setenv("LIVECHAIN_FEED__KIND", "simulator")
+    monkeypatch.setenv("LIVECHAIN_SIMULATOR__BROKER", "kite")
+    assert load_settings().feed.rate_limit_cooloff_s == 30.0
+    with pytest.raises(ValidationError, match="too_many_connections_backoff_s must be >= 30"):
+        DhanFeedConfig(too_many_connections_backoff_s=5)
+    assert KiteFeedConfig(too_many_connections_backoff_s=5).too_many_connections_backoff_s == 5
 
 
 def test_simulator_settings_are_the_simulator_config(monkeypatch: pytest.MonkeyPatch) -> None:

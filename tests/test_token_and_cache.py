@@ -20,6 +20,7 @@ from feeds.errors import InstrumentMasterError
 from feeds.simulator.server import SimulatorServer
 from service.app import running_service
 from service.errors import ConfigError
+from service.feed_source import instrument_master
 from service.scrip_cache import ScripMasterCache, load_instruments
 from service.settings import Settings
 from service.token_source import TokenCommand, rest_credentials, token_reader
@@ -30,6 +31,7 @@ from feeds.simulator.config import SimulatorConfig
 from tests.test_service import SIM, settings_for
 
 pytestmark = pytest.mark.usefixtures("dhan_env")
+DHAN = instrument_master("dhan")  # Dhan's scrip master: the format feed_source picks for Dhan
 
 
 @pytest.fixture
@@ -200,13 +202,13 @@ async def test_cache_reuses_the_days_copy_and_refreshes_the_next_day(scrip: Scri
     """Same IST day: no second download. Next day: downloaded again, a new dated copy; old ones pruned."""
     clock = ManualClock(ist_instant(TODAY, dt.time(8, 0)))
     cache = ScripMasterCache(tmp_path / "cache", keep_days=2, clock=clock)
-    first = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
-    again = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
+    first = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
+    again = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
     assert scrip.requests == 1 and again == first
     assert [d for d, _ in cache.copies()] == [TODAY]
     for days in (1, 2, 3):
         clock.set(ist_instant(TODAY + dt.timedelta(days=days), dt.time(8, 0)))
-        await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
+        await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
         assert scrip.requests == 1 + days
     assert [d for d, _ in cache.copies()] == [TODAY + dt.timedelta(days=n) for n in (3, 2, 1)]  # keep_days = 2
 
@@ -218,11 +220,11 @@ async def test_failed_download_falls_back_to_the_newest_copy_naming_its_date(
     """A failed (or unparseable) download uses the newest good copy, with a WARNING naming its date."""
     clock = ManualClock(ist_instant(TODAY, dt.time(8, 0)))
     cache = ScripMasterCache(tmp_path / "cache", clock=clock)
-    good = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
+    good = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
     scrip.mode = mode
     clock.set(ist_instant(TODAY + dt.timedelta(days=2), dt.time(8, 0)))
     with caplog.at_level(logging.WARNING):
-        fallback = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
+        fallback = await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
     assert fallback == good
     assert f"using the cached copy of {TODAY.isoformat()} (2 days old)" in caplog.text
     assert "secret-query" not in caplog.text
@@ -234,7 +236,7 @@ async def test_failed_download_without_a_copy_fails(scrip: ScripServer, tmp_path
     scrip.mode = "fail"
     cache = ScripMasterCache(tmp_path / "cache")
     with pytest.raises(InstrumentMasterError, match=r"HTTP 503.*no usable cached copy in .*instruments.cache_dir"):
-        await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache)
+        await load_instruments(scrip.url, ["NIFTY"], timeout_s=UNIT_S, cache=cache, master=DHAN)
 
 
 async def test_service_starts_from_the_cached_copy_after_a_failed_download(

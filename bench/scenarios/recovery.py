@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Mapping
+from typing import ClassVar
 
 import websockets
 from pydantic import Field
@@ -46,6 +48,7 @@ FAULTS = ("drop", "silence", "garbage", "disconnect 800", "token 807", "http 429
 class _ScaledDownConfig(DhanFeedConfig):
     """The client's config without Dhan's floors (≥ 60 s after a 429, ≥ 30 s after an 805)."""
 
+    FLOORS: ClassVar[Mapping[str, tuple[float, str]]] = {}
     rate_limit_cooloff_s: float = Field(1.0, gt=0)
     too_many_connections_backoff_s: float = Field(1.0, gt=0)
 

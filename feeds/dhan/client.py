@@ -30,14 +30,14 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import urlencode
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
 from feeds.clock import SYSTEM_CLOCK, Clock
-from feeds.connection import ConnectionStats, backoff_delay  # noqa: F401 - shared by every broker
+from feeds.connection import ConnectionStats, FeedConnectionConfig, backoff_delay  # noqa: F401 - shared by every broker
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import (
@@ -110,52 +110,15 @@ class Credentials:
     token_source: str = "DHAN_ACCESS_TOKEN"  # named in errors, e.g. a token file's path
 
 
-class DhanFeedConfig(BaseModel):
-    """How the client connects, waits and retries; frozen and validated on construction.
+class DhanFeedConfig(FeedConnectionConfig):
+    """The connection settings (declared once in ``feeds.connection.FeedConnectionConfig``) with
+    Dhan's floors: its API wants at least 60 s after an HTTP 429 (reference §8.9) and a long
+    wait after an 805, lest reconnecting kick the account's other session."""
 
-    Declared once: ``service.settings.FeedSettings`` extends it with the service's own keys,
-    so each of these is also the setting ``feed.<name>`` (env ``LIVECHAIN_FEED__<NAME>``).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = "wss://api-feed.dhan.co"  # base URL: the client adds the query string
-    open_timeout_s: float = Field(10.0, gt=0)  # connecting (TCP, TLS, WebSocket handshake) gives up after this long
-    ping_interval_s: float = Field(20.0, gt=0)  # our WebSocket pings; an unanswered one closes the socket
-    close_timeout_s: float = Field(2.0, gt=0)  # wait this long for the close handshake at shutdown
-    reconnect_initial_s: float = Field(0.5, gt=0)  # backoff: exponential, full jitter, capped
-    reconnect_max_s: float = Field(30.0, gt=0)  # the reconnect backoff's cap
-    # A session that stayed up this long resets the backoff to its initial delay.
-    healthy_after_s: float = Field(30.0, gt=0)
-    # Silence this long while the market is open means the feed is dead: the socket is replaced.
-    stall_timeout_s: float = Field(30.0, gt=0)
-    rate_limit_cooloff_s: float = Field(60.0, ge=60)  # after HTTP 429 on the handshake (reference §8.9: ≥ 60 s)
-    too_many_connections_backoff_s: float = Field(120.0, ge=30)  # after disconnect reason 805
-    max_batch_ticks: int = Field(1024, ge=1)  # ticks handed to the sink in one batch, at most
-
-    @field_validator("url")
-    @classmethod
-    def _websocket_url(cls, v: str) -> str:
-        if not v.startswith(("ws://", "wss://")):
-            raise ValueError("must start with ws:// or wss://")
-        if "?" in v:
-            raise ValueError("must not carry a query string: token and client id are added by the client")
-        try:
-            parsed = URL(v)
-            parsed.explicit_port  # noqa: B018 - raises for a port that is not a number in 0..65535
-        except ValueError:
-            raise ValueError("is not a valid URL: the port must be a number from 1 to 65535") from None
-        if not parsed.host:
-            raise ValueError("has no host, e.g. wss://api-feed.dhan.co")
-        if parsed.explicit_port == 0:
-            raise ValueError("port 0 is not a port to connect to")
-        return v
-
-    @model_validator(mode="after")
-    def _backoff_range(self) -> DhanFeedConfig:
-        if self.reconnect_max_s < self.reconnect_initial_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
-        return self
+    FLOORS: ClassVar[Mapping[str, tuple[float, str]]] = {
+        "rate_limit_cooloff_s": (60.0, "Dhan wants at least 60 s after an HTTP 429, reference §8.9"),
+        "too_many_connections_backoff_s": (30.0, "after Dhan's 805, at least 30 s"),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,14 +30,13 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
 
 from feeds.clock import SYSTEM_CLOCK, Clock
-from feeds.connection import ConnectionStats, backoff_delay
+from feeds.connection import ConnectionStats, FeedConnectionConfig, backoff_delay
 from feeds.errors import (
     DataStall,
     DecodeError,
@@ -91,19 +90,9 @@ PACKET_NAMES: Mapping[type, str] = {
 FrameTap = Callable[[int, float, bytes], None]
 
 
-class ClientConfig(Protocol):
-    """What the client reads of its settings (``service.settings.FeedSettings`` has all of it)."""
-
-    url: str
-    open_timeout_s: float
-    ping_interval_s: float
-    close_timeout_s: float
-    reconnect_initial_s: float
-    reconnect_max_s: float
-    healthy_after_s: float
-    stall_timeout_s: float
-    rate_limit_cooloff_s: float
-    max_batch_ticks: int
+class KiteFeedConfig(FeedConnectionConfig):
+    """The connection settings (declared once in ``feeds.connection.FeedConnectionConfig``); Kite
+    adds no floors of its own (``too_many_connections_backoff_s`` is Dhan's 805 and unused here)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +138,7 @@ class KiteFeed:
 
     def __init__(
         self,
-        config: ClientConfig,
+        config: FeedConnectionConfig,
         credentials: KiteCredentials,
         subscriptions: Sequence[Subscription],
         *,

@@ -1,4 +1,7 @@
-"""Dhan's REST option chain into the cache: seeded at start, reconciled every ``reconcile_s``.
+"""A broker's REST option chain into the cache: seeded at start, reconciled every ``reconcile_s``.
+
+The chain comes from a ``feeds.source.ChainSeedSource`` that ``service.feed_source`` builds for
+the broker (Dhan's option-chain API, below); Kite publishes none, so with Kite nothing is seeded.
 
 The WebSocket feed carries prices, OI and depth but no IV or greeks; the REST chain
 (reference §6) has Dhan's own IV and greeks and the previous session's close and OI. At
@@ -9,7 +12,7 @@ and Dhan's IV/greeks, which ``service.analytics.compute`` shows for legs we cann
 (``iv_source`` "dhan"). Then it does it again every ``analytics.reconcile_s``.
 
 It never blocks startup or serving: it runs in its own task, every request is bounded
-(``feeds.dhan.rest``: rate limit, timeout, bounded retries), and a failure is a warning —
+(the source's own rate limit, timeout, bounded retries), and a failure is a warning —
 the service carries on live-only and tries again at the next reconcile.
 """
 
@@ -21,10 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from feeds.dhan.option_chain import OptionChain, OptionQuote
-from feeds.dhan.rest import OptionChainClient
 from feeds.errors import RestAuthError, RestError
-from feeds.model import Segment
+from feeds.source import ChainSeedSource, SeedChain, SeedQuote
 from service.analytics.compute import DhanGreeks
 from service.core.cache import Chain, ChainCache, LegSeed
 from service.tasks import Child, Supervisor
@@ -42,15 +43,15 @@ class SeedStats:
     last_error: str | None = None
 
 
-def dhan_greeks(quote: OptionQuote) -> DhanGreeks | None:
+def dhan_greeks(quote: SeedQuote) -> DhanGreeks | None:
     g, iv = quote.greeks, quote.implied_volatility
     if g is None or iv is None:
         return None
     return DhanGreeks(iv=iv, delta=g.delta, gamma=g.gamma, theta=g.theta, vega=g.vega)
 
 
-def seeds_for(chain: Chain, oc: OptionChain, stats: SeedStats | None = None) -> Iterator[LegSeed]:
-    """What Dhan's chain says about each of our legs, matched by strike and side (and checked
+def seeds_for(chain: Chain, oc: SeedChain, stats: SeedStats | None = None) -> Iterator[LegSeed]:
+    """What the broker's chain says about each of our legs, matched by strike and side (and checked
     against Dhan's security id when it sends one, API v2.5+)."""
     by_strike = {round(row.strike, 4): row for row in oc.strikes}
     for strike, ce, pe in chain.rows:
@@ -68,14 +69,14 @@ def seeds_for(chain: Chain, oc: OptionChain, stats: SeedStats | None = None) -> 
 
 
 class RestSeeder:
-    """Seeds and reconciles the cache from Dhan's REST chain in its own task (async context manager).
+    """Seeds and reconciles the cache from a broker's REST chain in its own task (async context manager).
 
     The task (``rest-seed``) runs under ``supervisor`` (a private one if None), which restarts
     it after a crash; a failed pass is this loop's own to report, and it tries again later.
     """
 
     def __init__(
-        self, cache: ChainCache, client: OptionChainClient, reconcile_s: float, *, supervisor: Supervisor | None = None
+        self, cache: ChainCache, client: ChainSeedSource, reconcile_s: float, *, supervisor: Supervisor | None = None
     ) -> None:
         self._cache = cache
         self.client = client
@@ -106,8 +107,8 @@ class RestSeeder:
             except RestAuthError as exc:
                 self._failed(exc)
                 log.warning(
-                    "Dhan's option-chain API refused our credentials (%s): analytics carry on from the live feed "
-                    "alone; trying again in %gs", exc, self._reconcile_s,
+                    "%s's option-chain API refused our credentials (%s): analytics carry on from the live feed "
+                    "alone; trying again in %gs", self.client.name, exc, self._reconcile_s,
                 )  # fmt: skip
             except Exception:  # a bug: the service carries on without REST data
                 log.exception("option chain seeding failed unexpectedly; trying again in %gs", self._reconcile_s)
@@ -122,10 +123,9 @@ class RestSeeder:
         """One pass over every served chain; returns how many chains were seeded."""
         cache, client = self._cache, self.client
         seeded = 0
-        for symbol, (segment, security_id) in list(cache.index_keys.items()):
-            seg = Segment(segment).name
+        for symbol, index in list(cache.index_keys.items()):
             try:
-                listed = set(await client.expiry_list(security_id, seg))
+                listed = set(await client.expiry_list(index))
             except RestAuthError:
                 raise
             except RestError as exc:
@@ -137,11 +137,11 @@ class RestSeeder:
                 if expiry not in listed:
                     if (symbol, expiry) not in self._missing_warned:
                         self._missing_warned.add((symbol, expiry))
-                        log.warning("Dhan's expiry list for %s does not include %s: that chain is not seeded",
-                                    symbol, expiry)  # fmt: skip
+                        log.warning("%s's expiry list for %s does not include %s: that chain is not seeded",
+                                    client.name, symbol, expiry)  # fmt: skip
                     continue
                 try:
-                    oc = await client.option_chain(security_id, seg, expiry)
+                    oc = await client.option_chain(index, expiry)
                 except RestAuthError:
                     raise
                 except RestError as exc:
@@ -158,8 +158,8 @@ class RestSeeder:
                 self.stats.legs_changed += changed
                 log.log(
                     logging.INFO if first else logging.DEBUG,
-                    "option chain %s %s %s from Dhan's REST API: %d strikes, %d legs changed",
-                    symbol, expiry, "seeded" if first else "reconciled", len(oc.strikes), changed,
+                    "option chain %s %s %s from %s's REST API: %d strikes, %d legs changed",
+                    symbol, expiry, "seeded" if first else "reconciled", client.name, len(oc.strikes), changed,
                 )  # fmt: skip
         self.stats.passes += 1
         if seeded:

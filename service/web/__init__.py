@@ -15,6 +15,8 @@ from importlib.resources.abc import Traversable
 
 from aiohttp import web
 
+from service.http import not_modified
+
 STATIC: Traversable = files("service.web").joinpath("static")
 _TYPES = {
     ".html": "text/html",
@@ -61,7 +63,7 @@ class StaticFiles:
             raise web.HTTPNotFound(reason="no such file")
         body, kind, etag = hit
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if request.headers.get("If-None-Match") == etag:
+        if not_modified(request, etag):  # every If-None-Match header, weak or strong, like /options/live
             return web.Response(status=304, headers=headers)
         charset = "utf-8" if kind.startswith("text/") else None
         return web.Response(body=body, headers=headers, content_type=kind, charset=charset)

@@ -1,5 +1,6 @@
 // livechain's page: one chain, live. Follows /options/stream (a snapshot, then deltas applied in
-// order); falls back to polling /options/live with If-None-Match when streaming is not possible.
+// order), read with fetch() so an API key can go in a header; falls back to polling /options/live
+// with If-None-Match when streaming is not possible.
 // Only the cells of changed legs are touched, so it stays usable at 250 strikes.
 "use strict";
 
@@ -17,7 +18,7 @@
   let rows = new Map(); // strike → {tr, ce: {col: td}, pe: {col: td}}
   let dirty = new Set(); // leg keys "strike:CE" to repaint; "*" = everything
   let painting = false;
-  let es = null, pollTimer = null, etag = null, generation = 0;
+  let pollTimer = null, etag = null, generation = 0;
   let charts = null, chartsAt = 0;
   let maxOi = 0;
 
@@ -31,7 +32,7 @@
   // ------------------------------------------------------------------ pickers
 
   async function loadUnderlyings() {
-    const resp = await fetch("/options/underlyings");
+    const resp = await apiFetch("/options/underlyings");
     underlyings = (await resp.json()).underlyings;
     const params = new URLSearchParams(location.search);
     const sel = $("underlying");
@@ -63,45 +64,167 @@
     return `underlying=${encodeURIComponent(s.underlying)}&expiry=${encodeURIComponent(s.expiry)}`;
   }
 
+  // ------------------------------------------------------------------ API key
+  // Off unless the service has keys (README "Authentication"). On a 401 the page asks for the key
+  // once and keeps it in sessionStorage (gone with the tab); it is sent as a header on every data
+  // request, never in a URL.
+
+  const KEY_ITEM = "livechain.apiKey";
+  let keyWaiters = [];
+  let memoryKey = null; // where sessionStorage is unavailable: kept for this page only
+
+  function storedKey() {
+    try { return sessionStorage.getItem(KEY_ITEM) || memoryKey; } catch (err) { return memoryKey; }
+  }
+
+  function authHeaders(extra) {
+    const key = storedKey();
+    return Object.assign(key ? { Authorization: "Bearer " + key } : {}, extra || {});
+  }
+
+  // Ask for a key (a 401 answered `body`); resolves once one was entered.
+  function askKey(body) {
+    const code = body && body.error && body.error.code;
+    if (code === "invalid_api_key") {
+      memoryKey = null;
+      try { sessionStorage.removeItem(KEY_ITEM); } catch (err) { /* unavailable */ }
+    }
+    $("keyform").hidden = false;
+    $("keyerr").textContent = code === "invalid_api_key" ? "that key was not accepted" : "this service needs an API key";
+    $("transport").textContent = "waiting for an API key";
+    $("apikey").focus();
+    return new Promise((resolve) => keyWaiters.push(resolve));
+  }
+
+  $("keyform").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = $("apikey").value.trim();
+    if (!key) return;
+    try { sessionStorage.setItem(KEY_ITEM, key); } catch (err) { memoryKey = key; }
+    $("apikey").value = "";
+    $("keyform").hidden = true;
+    const waiters = keyWaiters;
+    keyWaiters = [];
+    for (const resolve of waiters) resolve();
+  });
+
+  // fetch() with the key; on a 401 ask for it and try again.
+  async function apiFetch(url, init) {
+    for (;;) {
+      const resp = await fetch(url, Object.assign({}, init || {}, { headers: authHeaders(init && init.headers) }));
+      if (resp.status !== 401) return resp;
+      let body = null;
+      try { body = await resp.json(); } catch (err) { /* not JSON */ }
+      await askKey(body);
+    }
+  }
+
   // ------------------------------------------------------------------ transport
+  // The stream is read with fetch() and a ReadableStream (EventSource cannot send a header), as
+  // text/event-stream: "event:", "id:", "data:" fields, ":" comments, a blank line ends an event.
+
+  let streamAbort = null;
 
   function stop() {
     generation += 1;
-    if (es) { es.close(); es = null; }
+    if (streamAbort) { streamAbort.abort(); streamAbort = null; }
     if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
     etag = null;
   }
 
+  const canStream = () => typeof ReadableStream !== "undefined" && typeof TextDecoder !== "undefined" &&
+    typeof AbortController !== "undefined" && "body" in Response.prototype;
+
   function start() {
     stop();
     history.replaceState(null, "", "?" + query());
-    if (!("EventSource" in window)) return poll(generation);
-    const gen = generation;
-    let opened = false;
-    es = new EventSource("/options/stream?" + query());
-    $("transport").textContent = "connecting…";
-    es.addEventListener("open", () => { opened = true; $("transport").textContent = "live (stream)"; });
-    es.addEventListener("snapshot", (ev) => { if (gen === generation) setState(JSON.parse(ev.data)); });
-    es.addEventListener("delta", (ev) => { if (gen === generation && state) applyDelta(JSON.parse(ev.data)); });
-    es.addEventListener("end", () => { if (gen === generation) loadUnderlyings().then(start); });
-    es.addEventListener("error", () => {
-      if (gen !== generation) return;
-      // Refused (503 at the stream limit) or never reachable: poll instead. A dropped stream that
-      // had been open is reconnected by the browser with Last-Event-ID.
-      if (!opened || es.readyState === EventSource.CLOSED) {
-        es.close(); es = null;
-        poll(gen);
-      } else {
-        $("transport").textContent = "reconnecting…";
+    if (!canStream()) return poll(generation);
+    stream(generation, null);
+  }
+
+  async function stream(gen, lastId) {
+    const abort = new AbortController();
+    streamAbort = abort;
+    $("transport").textContent = lastId ? "reconnecting…" : "connecting…";
+    let resp;
+    try {
+      resp = await apiFetch("/options/stream?" + query(), {
+        headers: Object.assign({ Accept: "text/event-stream" }, lastId ? { "Last-Event-ID": lastId } : {}),
+        cache: "no-store", signal: abort.signal,
+      });
+    } catch (err) {
+      if (gen === generation) poll(gen); // never reachable: poll (it retries every second)
+      return;
+    }
+    if (gen !== generation) { abort.abort(); return; }
+    if (!resp.ok || !resp.body) { abort.abort(); poll(gen); return; } // refused (503 at the stream limit) …
+    $("transport").textContent = "live (stream)";
+    try {
+      lastId = await readEvents(resp.body, gen, lastId);
+    } catch (err) {
+      if (gen !== generation) return; // stopped on purpose
+    }
+    if (gen !== generation) return;
+    // The stream dropped: reconnect with the last id (one merged delta, or a snapshot if too old).
+    pollTimer = setTimeout(() => { pollTimer = null; stream(gen, lastId); }, 1000);
+  }
+
+  // Read events until the body ends; returns the last event id seen.
+  async function readEvents(body, gen, lastId) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "", kind = "", data = [], id = lastId;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (gen !== generation) { reader.cancel(); return id; }
+      if (done) return id;
+      buf += decoder.decode(value, { stream: true });
+      let at = 0;
+      for (;;) {
+        let nl = buf.indexOf("\n", at);
+        const cr = buf.indexOf("\r", at);
+        if (cr >= 0 && (nl < 0 || cr < nl)) {
+          if (cr === buf.length - 1) break; // a "\r\n" may be split across chunks
+          nl = cr;
+        }
+        if (nl < 0) break;
+        const line = buf.slice(at, nl);
+        at = nl + (buf[nl] === "\r" && buf[nl + 1] === "\n" ? 2 : 1);
+        if (line === "") {
+          if (data.length) {
+            const type = kind || "message";
+            if (id !== null && id !== undefined && type !== "end") lastId = id;
+            onEvent(type, data.join("\n"), gen);
+            if (type === "end") return lastId;
+          }
+          kind = ""; data = [];
+          continue;
+        }
+        if (line[0] === ":") continue; // a heartbeat comment
+        const colon = line.indexOf(":");
+        const name = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? "" : line.slice(colon + 1);
+        if (val[0] === " ") val = val.slice(1);
+        if (name === "event") kind = val;
+        else if (name === "data") data.push(val);
+        else if (name === "id") id = val;
       }
-    });
+      buf = buf.slice(at);
+    }
+  }
+
+  function onEvent(type, data, gen) {
+    if (gen !== generation) return;
+    if (type === "snapshot") setState(JSON.parse(data));
+    else if (type === "delta") { if (state) applyDelta(JSON.parse(data)); }
+    else if (type === "end") { stop(); loadUnderlyings().then(start); }
   }
 
   async function poll(gen) {
     if (gen !== generation) return;
     $("transport").textContent = "polling";
     try {
-      const resp = await fetch("/options/live?" + query(), { headers: etag ? { "If-None-Match": etag } : {} });
+      const resp = await apiFetch("/options/live?" + query(), { headers: etag ? { "If-None-Match": etag } : {} });
       if (gen !== generation) return;
       if (resp.status === 200) {
         etag = resp.headers.get("ETag");
