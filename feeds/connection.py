@@ -13,18 +13,26 @@ config from them.
 metrics and health read them at scrape time (``service.metrics``, ``service.core.health``), the
 same for every broker. A client says how its packet classes are named in metrics with a
 ``packet_names`` mapping (``FeedSource.packet_names``).
+
+``check_connection_budget`` and ``split_connections`` size a subscription set against a
+broker's connection budget. The connection's life itself (reconnect loop, watchdog, batching)
+is ``feeds.feed_client``'s.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
+
+from feeds.errors import SubscriptionError
+
+T = TypeVar("T")
 
 
 class FeedConnectionConfig(BaseModel):
@@ -95,6 +103,22 @@ class FeedConnectionConfig(BaseModel):
     def connection_values(self) -> dict[str, object]:
         """This model's connection keys and values (a subclass's own keys left out)."""
         return {k: getattr(self, k) for k in FeedConnectionConfig.model_fields}
+
+
+def check_connection_budget(count: int, broker: str, max_connections: int, per_connection: int) -> None:
+    """Fail with the numbers when ``count`` subscriptions cannot fit a broker's connection budget."""
+    budget = max_connections * per_connection
+    if count > budget:
+        needed = -(-count // per_connection)
+        raise SubscriptionError(
+            f"{count} subscriptions need {needed} connections; {broker} allows {max_connections} x "
+            f"{per_connection} = {budget}. Subscribe fewer underlyings or expiries."
+        )
+
+
+def split_connections(items: Sequence[T], per_connection: int) -> list[list[T]]:
+    """``items`` in runs of at most ``per_connection``, one per connection (one empty run if none)."""
+    return [list(items[i : i + per_connection]) for i in range(0, len(items), per_connection)] or [[]]
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:

@@ -1,4 +1,5 @@
-"""Reading an instrument master from a path or an http(s) URL, for any broker's loader.
+"""Reading an instrument master from a path or an http(s) URL, and building the chain skeleton
+from its rows, for any broker's loader (``feeds.dhan.instruments``, ``feeds.kite.instruments``).
 
 ``InstrumentMaster`` is how one broker's master is loaded (and, for a day's cached copy,
 fetched and parsed apart); ``service.feed_source`` picks the broker's, and the service's
@@ -11,7 +12,10 @@ query or fragment, and errors whose text quotes the URL are not chained.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +24,7 @@ import aiohttp
 from yarl import URL
 
 from feeds.errors import InstrumentMasterError
-from feeds.model import ChainSkeleton
+from feeds.model import ChainSkeleton, ExpiryChain, InstrumentKey, OptionContract, OptionType, StrikeRow, UnderlyingChain
 
 class LoadMaster(Protocol):
     def __call__(self, source: str, underlyings: Sequence[str], *, timeout_s: float) -> Awaitable[ChainSkeleton]: ...
@@ -83,3 +87,82 @@ async def fetch_source(source: str, timeout_s: float, *, what: str = "instrument
         if isinstance(exc, _URL_BEARING_ERRORS):
             raise InstrumentMasterError(f"cannot fetch {what} {shown}: {cause}") from None
         raise InstrumentMasterError(f"cannot fetch {what} {shown}: {cause} {exc}".rstrip()) from exc
+
+
+# --------------------------------------------------------------------------- building the skeleton
+
+
+class BadRow(ValueError):
+    """A row of a configured underlying that cannot be used; its message is the sample text."""
+
+
+def header_columns(header: list[str], required: Sequence[str], what: str) -> dict[str, int]:
+    """Column positions by header name (order and extra columns vary between files); an
+    ``InstrumentMasterError`` naming the ``required`` columns that are missing."""
+    names: dict[str, int] = {}
+    for i, name in enumerate(header):
+        # lstrip drops a UTF-8 byte-order mark, which str.strip() keeps; first column wins.
+        names.setdefault(name.lstrip("\ufeff").strip(), i)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InstrumentMasterError(f"{what} lacks required column(s): {', '.join(missing)}")
+    return names
+
+
+def underlying_symbols(underlyings: Sequence[str]) -> list[str]:
+    """The configured underlyings, upper-cased and de-duplicated; fails on none or a blank one."""
+    if isinstance(underlyings, str):
+        # A bare "NIFTY" would otherwise be read as the symbols N, I, F, T, Y.
+        raise TypeError("underlyings must be a sequence of symbols, not a string")
+    symbols = list(dict.fromkeys(s.strip().upper() for s in underlyings))
+    if not symbols or "" in symbols:
+        raise InstrumentMasterError(f"no usable underlying symbols configured: {list(underlyings)!r}")
+    return symbols
+
+
+def positive_number(value: str, column: str, show: Callable[[str], str] = repr) -> float:
+    """``value`` as a finite number above zero, else a ``BadRow`` naming ``column`` and the value
+    as ``show`` quotes it (a broker's loader shortens long values its own way)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRow(f"bad {column} {show(value)}") from None
+    # float() accepts "nan" and "inf"; neither is a price, a lot or a tick.
+    if not math.isfinite(number) or number <= 0:
+        raise BadRow(f"bad {column} {show(value)}")
+    return number
+
+
+Slots = dict[tuple[dt.date, float, OptionType], OptionContract]  # one underlying's contracts by (expiry, strike, side)
+
+
+def place_contract(slots: Slots, contract: OptionContract, ids: str) -> None:
+    """File ``contract`` by (expiry, strike, side): two contracts there cannot both be real, so a
+    second one is a ``BadRow`` naming both (``ids``: what the broker calls its ids) and the first is kept."""
+    slot = (contract.expiry, contract.strike, contract.option_type)
+    first = slots.get(slot)
+    if first is not None:
+        raise BadRow(
+            f"{contract.option_type} {contract.strike:g} {contract.expiry} listed twice"
+            f" ({ids} {first.key[1]}, {contract.key[1]}); keeping {first.key[1]}"
+        )
+    slots[slot] = contract
+
+
+def build_chain(symbol: str, index: InstrumentKey, tick_size: float, contracts: Iterable[OptionContract]) -> UnderlyingChain:
+    """One underlying's chain: its contracts as strike rows, per expiry in date order."""
+    by_expiry: dict[dt.date, dict[float, dict[OptionType, OptionContract]]] = {}
+    for c in contracts:
+        by_expiry.setdefault(c.expiry, {}).setdefault(c.strike, {})[c.option_type] = c
+    expiries = []
+    for expiry in sorted(by_expiry):
+        strikes = by_expiry[expiry]
+        rows = tuple(
+            StrikeRow(strike, sides.get(OptionType.CE), sides.get(OptionType.PE))
+            for strike, sides in sorted(strikes.items())
+        )
+        # Every contract of one expiry should share a lot size; if the exchange revised it
+        # mid-series, the majority wins here and each contract still keeps its own.
+        lots = Counter(c.lot_size for sides in strikes.values() for c in sides.values())
+        expiries.append(ExpiryChain(expiry, lots.most_common(1)[0][0], rows))
+    return UnderlyingChain(symbol, index, tick_size, tuple(expiries))

@@ -48,7 +48,7 @@ from aiohttp import web
 
 from service.core.chains import ChainSource
 from service.core.snapshot import ChainSnapshot
-from service.http import CONTEXT, ApiError, HttpContext, resolve_chain
+from service.http import ApiError, HttpContext, resolve_chain
 from service.settings import HttpSettings
 from service.tasks import Child, Supervisor
 

@@ -8,7 +8,6 @@ import asyncio
 import os
 
 import jsonschema
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings

@@ -22,27 +22,17 @@ import csv
 import datetime as dt
 import io
 import logging
-import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from yarl import URL
 
 from feeds.errors import InstrumentMasterError
-from feeds.model import (
-    ChainSkeleton,
-    ExpiryChain,
-    InstrumentKey,
-    LoadReport,
-    OptionContract,
-    OptionType,
-    Segment,
-    StrikeRow,
-    UnderlyingChain,
+from feeds.master import (
+    BadRow, Slots, build_chain, fetch_source, header_columns, is_url, place_contract, positive_number, shown_source,
+    underlying_symbols,
 )
+from feeds.model import ChainSkeleton, InstrumentKey, LoadReport, OptionContract, OptionType, Segment
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +83,20 @@ class _Tally:
         return LoadReport(self.total, self.used, self.ignored, self.malformed, tuple(self.samples))
 
 
-class _BadRow(ValueError):
-    """A row of a configured underlying that cannot be used; its message is the sample text."""
-
-
 def _show(value: str) -> str:
     return repr(value if len(value) <= _SAMPLE_VALUE_CHARS else value[:_SAMPLE_VALUE_CHARS] + "…")
 
 
 def _positive_float(value: str, column: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise _BadRow(f"bad {column} {_show(value)}") from None
-    # float() accepts "nan" and "inf"; neither is a price, a lot or a tick.
-    if not math.isfinite(number) or number <= 0:
-        raise _BadRow(f"bad {column} {_show(value)}")
-    return number
+    return positive_number(value, column, _show)
 
 
 def _security_id(value: str) -> int:
     value = value.strip()
     if not value:
-        raise _BadRow("missing SECURITY_ID")
+        raise BadRow("missing SECURITY_ID")
     if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 2**32:
-        raise _BadRow(f"bad SECURITY_ID {_show(value)}")
+        raise BadRow(f"bad SECURITY_ID {_show(value)}")
     return int(value)
 
 
@@ -129,9 +108,9 @@ def _expiry(value: str) -> dt.date:
             raise ValueError(text)
         day = dt.date.fromisoformat(text)
     except ValueError:
-        raise _BadRow(f"bad SM_EXPIRY_DATE {_show(value)}") from None
+        raise BadRow(f"bad SM_EXPIRY_DATE {_show(value)}") from None
     if day.year < 2000:  # the file's "no expiry" sentinel is 0001-01-01
-        raise _BadRow(f"no expiry (SM_EXPIRY_DATE {_show(value)})")
+        raise BadRow(f"no expiry (SM_EXPIRY_DATE {_show(value)})")
     return day
 
 
@@ -150,13 +129,7 @@ class _Columns:
     """Column positions, found by header name (order and extra columns vary between files)."""
 
     def __init__(self, header: list[str]) -> None:
-        names: dict[str, int] = {}
-        for i, name in enumerate(header):
-            # lstrip drops a UTF-8 byte-order mark, which str.strip() keeps; first column wins.
-            names.setdefault(name.lstrip("\ufeff").strip(), i)
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if missing:
-            raise InstrumentMasterError(f"scrip master lacks required column(s): {', '.join(missing)}")
+        names = header_columns(header, REQUIRED_COLUMNS, "scrip master")
         self.exch = names["EXCH_ID"]
         self.seg = names["SEGMENT"]
         self.sid = names["SECURITY_ID"]
@@ -171,23 +144,13 @@ class _Columns:
         self.width = max(names[c] for c in REQUIRED_COLUMNS) + 1
 
 
-def _normalise(underlyings: Sequence[str]) -> list[str]:
-    if isinstance(underlyings, str):
-        # A bare "NIFTY" would otherwise be read as the symbols N, I, F, T, Y.
-        raise TypeError("underlyings must be a sequence of symbols, not a string")
-    symbols = list(dict.fromkeys(s.strip().upper() for s in underlyings))
-    if not symbols or "" in symbols:
-        raise InstrumentMasterError(f"no usable underlying symbols configured: {list(underlyings)!r}")
-    return symbols
-
-
 def parse_scrip_master(lines: Iterable[str], underlyings: Sequence[str]) -> ChainSkeleton:
     """The option-chain skeleton of ``underlyings`` from the lines of a detailed scrip master."""
     return _parse(lines, underlyings)[0]
 
 
 def _parse(lines: Iterable[str], underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
-    symbols = _normalise(underlyings)
+    symbols = underlying_symbols(underlyings)
     reader = csv.reader(lines)
     try:
         return _parse_rows(reader, symbols)
@@ -204,7 +167,7 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
     tally = _Tally()
     indices: dict[str, _Index] = {}
     # Per underlying, by (expiry, strike, side): two contracts there cannot both be real.
-    contracts: dict[str, dict[tuple[dt.date, float, OptionType], OptionContract]] = {s: {} for s in symbols}
+    contracts: dict[str, Slots] = {s: {} for s in symbols}
     seen: set[InstrumentKey] = set()
 
     for row in reader:
@@ -237,23 +200,16 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
             if kind == "option":
                 contract, tick_in_paise = _option(row, col, und)
                 if contract.key in seen:
-                    raise _BadRow(f"duplicate security id {contract.key[1]} in {Segment(contract.key[0]).name}")
-                slot = (contract.expiry, contract.strike, contract.option_type)
-                first = contracts[und].get(slot)
-                if first is not None:
-                    raise _BadRow(
-                        f"{contract.option_type} {contract.strike:g} {contract.expiry} listed twice"
-                        f" (ids {first.key[1]}, {contract.key[1]}); keeping {first.key[1]}"
-                    )
+                    raise BadRow(f"duplicate security id {contract.key[1]} in {Segment(contract.key[0]).name}")
+                place_contract(contracts[und], contract, "ids")
                 seen.add(contract.key)
-                contracts[und][slot] = contract
                 tally.paise_ticks += tick_in_paise
             else:
                 key = (int(Segment.IDX_I), _security_id(row[col.sid]))
                 if und in indices:
-                    raise _BadRow(f"second index row for {und} (id {key[1]}); keeping id {indices[und].key[1]}")
+                    raise BadRow(f"second index row for {und} (id {key[1]}); keeping id {indices[und].key[1]}")
                 indices[und] = _Index(key, _tick(row[col.tick].strip())[0])
-        except _BadRow as exc:
+        except BadRow as exc:
             tally.bad(reader.line_num, f"{und}: {exc}")
             continue
         tally.used += 1
@@ -268,7 +224,7 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
         hint = f"; {tally.malformed} malformed row(s), e.g. {tally.samples[0]}" if tally.malformed else ""
         raise InstrumentMasterError("scrip master unusable for " + "; ".join(problems) + hint)
 
-    chains = {sym: _chain(sym, indices[sym], contracts[sym].values()) for sym in symbols}
+    chains = {sym: build_chain(sym, indices[sym].key, indices[sym].tick_size, contracts[sym].values()) for sym in symbols}
     return ChainSkeleton(chains, tally.report()), tally
 
 
@@ -276,11 +232,11 @@ def _option(row: list[str], col: _Columns, underlying: str) -> tuple[OptionContr
     """The row's contract, and whether its tick was given in paise."""
     segment = _FNO_SEGMENTS.get((row[col.exch].strip(), row[col.seg].strip()))
     if segment is None:
-        raise _BadRow(f"option in unsupported EXCH_ID/SEGMENT {row[col.exch]!r}/{row[col.seg]!r}")
+        raise BadRow(f"option in unsupported EXCH_ID/SEGMENT {row[col.exch]!r}/{row[col.seg]!r}")
     sid = _security_id(row[col.sid])
     option_type = _OPTION_TYPES.get(row[col.opt].strip())
     if option_type is None:
-        raise _BadRow(f"bad OPTION_TYPE {_show(row[col.opt])}")
+        raise BadRow(f"bad OPTION_TYPE {_show(row[col.opt])}")
     lot = _positive_float(row[col.lot].strip(), "LOT_SIZE")
     tick, in_paise = _tick(row[col.tick].strip())
     contract = OptionContract(
@@ -295,52 +251,15 @@ def _option(row: list[str], col: _Columns, underlying: str) -> tuple[OptionContr
     return contract, in_paise
 
 
-def _chain(symbol: str, index: _Index, contracts: Iterable[OptionContract]) -> UnderlyingChain:
-    by_expiry: dict[dt.date, dict[float, dict[OptionType, OptionContract]]] = {}
-    for c in contracts:
-        by_expiry.setdefault(c.expiry, {}).setdefault(c.strike, {})[c.option_type] = c
-    expiries = []
-    for expiry in sorted(by_expiry):
-        strikes = by_expiry[expiry]
-        rows = tuple(
-            StrikeRow(strike, sides.get(OptionType.CE), sides.get(OptionType.PE))
-            for strike, sides in sorted(strikes.items())
-        )
-        # Every contract of one expiry should share a lot size; if the exchange revised it
-        # mid-series, the majority wins here and each contract still keeps its own.
-        lots = Counter(c.lot_size for sides in strikes.values() for c in sides.values())
-        expiries.append(ExpiryChain(expiry, lots.most_common(1)[0][0], rows))
-    return UnderlyingChain(symbol, index.key, index.tick_size, tuple(expiries))
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _is_url(source: str) -> bool:
-    return source[:8].lower().startswith(("http://", "https://"))
-
-
-def _shown(url: URL) -> str:
-    """The URL without credentials, query or fragment: a query string may carry a token."""
-    return str(url.with_user(None).with_query(None).with_fragment(None))
-
-
-def is_url(source: str) -> bool:
-    """Whether a scrip-master source is an http(s) URL (else a filesystem path)."""
-    return _is_url(source)
-
-
-def shown_source(source: str) -> str:
-    """A source as it may be logged: a URL without credentials, query or fragment."""
-    return _shown(URL(source)) if _is_url(source) else source
 
 
 async def load_scrip_master(source: str, underlyings: Sequence[str], *, timeout_s: float = 30.0) -> ChainSkeleton:
     """Load the skeleton from a filesystem path or an http(s) URL of a detailed scrip master."""
-    _normalise(underlyings)  # fail on bad configuration before any network round trip
-    if _is_url(source):
+    underlying_symbols(underlyings)  # fail on bad configuration before any network round trip
+    if is_url(source):
         body = await fetch_scrip_master(source, timeout_s=timeout_s)
-        return await parse_scrip_master_bytes(body, underlyings, shown=_shown(URL(source)))
+        return await parse_scrip_master_bytes(body, underlyings, shown=shown_source(source))
     skeleton, tally = await asyncio.to_thread(_parse_file, source, underlyings)
     _log_loaded(source, skeleton, tally)
     return skeleton
@@ -349,13 +268,12 @@ async def load_scrip_master(source: str, underlyings: Sequence[str], *, timeout_
 async def fetch_scrip_master(source: str, *, timeout_s: float = 30.0) -> bytes:
     """The bytes of the scrip master at an http(s) URL, unparsed (a caller may keep a copy);
     InstrumentMasterError, naming the URL without its query, when it cannot be fetched."""
-    url = URL(source)
-    return await _fetch(url, _shown(url), timeout_s)
+    return await fetch_source(source, timeout_s, what="scrip master")
 
 
 async def parse_scrip_master_bytes(body: bytes, underlyings: Sequence[str], *, shown: str) -> ChainSkeleton:
     """``parse_scrip_master`` of a fetched body, in a worker thread; logs what was read."""
-    _normalise(underlyings)
+    underlying_symbols(underlyings)
     skeleton, tally = await asyncio.to_thread(_parse_bytes, body, underlyings)
     _log_loaded(shown, skeleton, tally)
     return skeleton
@@ -375,31 +293,6 @@ def _log_loaded(shown: str, skeleton: ChainSkeleton, tally: _Tally) -> None:
     )
     if r.rows_malformed:
         log.warning("scrip master %s: malformed rows, e.g. %s", shown, "; ".join(r.malformed_samples))
-
-
-# aiohttp puts the full URL, query included, into the text of these errors.
-_URL_BEARING_ERRORS = (aiohttp.ClientResponseError, aiohttp.InvalidURL)
-
-
-async def _fetch(url: URL, shown: str, timeout_s: float) -> bytes:
-    if not url.host:
-        raise InstrumentMasterError(f"scrip master URL has no host: {shown}")
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.get(url) as resp:
-                if resp.status != 200:
-                    raise InstrumentMasterError(f"scrip master {shown}: HTTP {resp.status} {resp.reason or ''}".rstrip())
-                return await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        what = type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            what += f" after {timeout_s:g} s"
-        if isinstance(exc, _URL_BEARING_ERRORS):
-            err = InstrumentMasterError(f"cannot fetch scrip master {shown}: {what}")
-            if url.query_string:
-                raise err from None  # chaining would print the token-bearing URL with the traceback
-            raise err from exc
-        raise InstrumentMasterError(f"cannot fetch scrip master {shown}: {what} {exc}".rstrip()) from exc
 
 
 def _parse_bytes(body: bytes, underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:

@@ -28,23 +28,12 @@ import csv
 import datetime as dt
 import io
 import logging
-import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from feeds.errors import InstrumentMasterError
 from feeds.kite.packets import KiteSegment, instrument_key
-from feeds.master import fetch_source, shown_source
-from feeds.model import (
-    ChainSkeleton,
-    ExpiryChain,
-    InstrumentKey,
-    LoadReport,
-    OptionContract,
-    OptionType,
-    StrikeRow,
-    UnderlyingChain,
-)
+from feeds.master import BadRow, Slots, build_chain, fetch_source, header_columns, place_contract, positive_number, shown_source, underlying_symbols
+from feeds.model import ChainSkeleton, InstrumentKey, LoadReport, OptionContract, OptionType
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +58,6 @@ MAX_MALFORMED_SAMPLES = 5
 _OPTION_TYPES = {t.value: t for t in OptionType}
 
 
-class _BadRow(ValueError):
-    pass
-
-
 def _underlying_of(name: str, tradingsymbol: str) -> str:
     name = name.strip().upper()
     if name:
@@ -85,49 +70,34 @@ def _underlying_of(name: str, tradingsymbol: str) -> str:
 
 
 def _positive(value: str, column: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise _BadRow(f"bad {column} {value[:24]!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise _BadRow(f"bad {column} {value[:24]!r}")
-    return number
+    return positive_number(value, column, lambda v: repr(v[:24]))
 
 
 def _token(value: str, exchange: str) -> int:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 2**32:
-        raise _BadRow(f"bad instrument_token {value[:24]!r}")
+        raise BadRow(f"bad instrument_token {value[:24]!r}")
     token = int(value)
     want = KiteSegment.__members__.get(exchange.strip().upper())
     if exchange.strip().upper() != INDEX_SEGMENT and want is not None and token & 0xFF != want:
-        raise _BadRow(f"instrument_token {token} is in segment {token & 0xFF}, not {exchange} ({int(want)})")
+        raise BadRow(f"instrument_token {token} is in segment {token & 0xFF}, not {exchange} ({int(want)})")
     return token
 
 
 def parse_instruments(lines: Iterable[str], underlyings: Sequence[str]) -> ChainSkeleton:
     """The option-chain skeleton of ``underlyings`` from the lines of Kite's instruments CSV."""
-    if isinstance(underlyings, str):
-        raise TypeError("underlyings must be a sequence of symbols, not a string")
-    symbols = list(dict.fromkeys(s.strip().upper() for s in underlyings))
-    if not symbols or "" in symbols:
-        raise InstrumentMasterError(f"no usable underlying symbols configured: {list(underlyings)!r}")
+    symbols = underlying_symbols(underlyings)
     index_names = {INDEX_SYMBOLS.get(s, s): s for s in symbols} | {s: s for s in symbols}
     reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
         raise InstrumentMasterError("instruments CSV is empty (no header line)")
-    col: dict[str, int] = {}
-    for i, name in enumerate(header):
-        col.setdefault(name.lstrip("\ufeff").strip(), i)
-    missing = [c for c in COLUMNS if c not in col]
-    if missing:
-        raise InstrumentMasterError(f"instruments CSV lacks required column(s): {', '.join(missing)}")
+    col = header_columns(header, COLUMNS, "instruments CSV")
     width = max(col[c] for c in COLUMNS) + 1
     total = used = ignored = malformed = 0
     samples: list[str] = []
     indices: dict[str, InstrumentKey] = {}
-    contracts: dict[str, dict[tuple[dt.date, float, OptionType], OptionContract]] = {s: {} for s in symbols}
+    contracts: dict[str, Slots] = {s: {} for s in symbols}
     seen: set[int] = set()
     for row in reader:
         if not row:
@@ -148,9 +118,9 @@ def parse_instruments(lines: Iterable[str], underlyings: Sequence[str]) -> Chain
                     continue
                 token = _token(row[col["instrument_token"]], INDEX_SEGMENT)
                 if token & 0xFF != KiteSegment.INDICES:
-                    raise _BadRow(f"index token {token} is not in segment INDICES (9)")
+                    raise BadRow(f"index token {token} is not in segment INDICES (9)")
                 if und in indices:
-                    raise _BadRow(f"second index row for {und} (token {token}); keeping {indices[und][1]}")
+                    raise BadRow(f"second index row for {und} (token {token}); keeping {indices[und][1]}")
                 indices[und] = instrument_key(token)
             elif segment in OPTION_SEGMENTS:
                 und = _underlying_of(row[col["name"]], row[col["tradingsymbol"]])
@@ -159,20 +129,13 @@ def parse_instruments(lines: Iterable[str], underlyings: Sequence[str]) -> Chain
                     continue
                 contract = _option(row, col, und)
                 if contract.key[1] in seen:
-                    raise _BadRow(f"duplicate instrument_token {contract.key[1]}")
-                slot = (contract.expiry, contract.strike, contract.option_type)
-                first = contracts[und].get(slot)
-                if first is not None:
-                    raise _BadRow(
-                        f"{contract.option_type} {contract.strike:g} {contract.expiry} listed twice"
-                        f" (tokens {first.key[1]}, {contract.key[1]}); keeping {first.key[1]}"
-                    )
+                    raise BadRow(f"duplicate instrument_token {contract.key[1]}")
+                place_contract(contracts[und], contract, "tokens")
                 seen.add(contract.key[1])
-                contracts[und][slot] = contract
             else:
                 ignored += 1
                 continue
-        except _BadRow as exc:
+        except BadRow as exc:
             malformed += 1
             if len(samples) < MAX_MALFORMED_SAMPLES:
                 samples.append(f"line {reader.line_num}: {und}: {exc}")
@@ -188,7 +151,7 @@ def parse_instruments(lines: Iterable[str], underlyings: Sequence[str]) -> Chain
         hint = f"; {malformed} malformed row(s), e.g. {samples[0]}" if malformed else ""
         raise InstrumentMasterError("instruments CSV unusable for " + "; ".join(problems) + hint)
     report = LoadReport(total, used, ignored, malformed, tuple(samples))
-    chains = {sym: _chain(sym, indices[sym], contracts[sym].values()) for sym in symbols}
+    chains = {sym: build_chain(sym, indices[sym], INDEX_TICK, contracts[sym].values()) for sym in symbols}
     return ChainSkeleton(chains, report)
 
 
@@ -196,12 +159,12 @@ def _option(row: list[str], col: dict[str, int], underlying: str) -> OptionContr
     token = _token(row[col["instrument_token"]], row[col["exchange"]])
     option_type = _OPTION_TYPES.get(row[col["instrument_type"]].strip())
     if option_type is None:
-        raise _BadRow(f"bad instrument_type {row[col['instrument_type']][:24]!r}")
+        raise BadRow(f"bad instrument_type {row[col['instrument_type']][:24]!r}")
     text = row[col["expiry"]].strip()
     try:
         expiry = dt.date.fromisoformat(text[:10])
     except ValueError:
-        raise _BadRow(f"bad expiry {text[:24]!r}") from None
+        raise BadRow(f"bad expiry {text[:24]!r}") from None
     return OptionContract(
         key=instrument_key(token),
         underlying=underlying,
@@ -211,22 +174,6 @@ def _option(row: list[str], col: dict[str, int], underlying: str) -> OptionContr
         lot_size=int(_positive(row[col["lot_size"]].strip(), "lot_size")),
         tick_size=_positive(row[col["tick_size"]].strip(), "tick_size"),
     )
-
-
-def _chain(symbol: str, index: InstrumentKey, contracts: Iterable[OptionContract]) -> UnderlyingChain:
-    by_expiry: dict[dt.date, dict[float, dict[OptionType, OptionContract]]] = {}
-    for c in contracts:
-        by_expiry.setdefault(c.expiry, {}).setdefault(c.strike, {})[c.option_type] = c
-    expiries = []
-    for expiry in sorted(by_expiry):
-        strikes = by_expiry[expiry]
-        rows = tuple(
-            StrikeRow(strike, sides.get(OptionType.CE), sides.get(OptionType.PE))
-            for strike, sides in sorted(strikes.items())
-        )
-        lots = Counter(c.lot_size for sides in strikes.values() for c in sides.values())
-        expiries.append(ExpiryChain(expiry, lots.most_common(1)[0][0], rows))
-    return UnderlyingChain(symbol, index, INDEX_TICK, tuple(expiries))
 
 
 async def load_instruments(source: str, underlyings: Sequence[str], *, timeout_s: float = 30.0) -> ChainSkeleton:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from feeds.connection import check_connection_budget, split_connections
 from feeds.errors import SubscriptionError
 from feeds.kite.packets import Mode
 
@@ -84,16 +85,9 @@ def parse_request(text: str | bytes) -> KiteRequest:
 
 def check_budget(count: int) -> None:
     """Fail with the numbers when ``count`` instruments cannot fit Kite's connection budget."""
-    budget = MAX_CONNECTIONS * MAX_INSTRUMENTS_PER_CONNECTION
-    if count > budget:
-        needed = -(-count // MAX_INSTRUMENTS_PER_CONNECTION)
-        raise SubscriptionError(
-            f"{count} subscriptions need {needed} connections; Kite allows {MAX_CONNECTIONS} x "
-            f"{MAX_INSTRUMENTS_PER_CONNECTION} = {budget}. Subscribe fewer underlyings or expiries."
-        )
+    check_connection_budget(count, "Kite", MAX_CONNECTIONS, MAX_INSTRUMENTS_PER_CONNECTION)
 
 
 def shard(tokens: Sequence[int]) -> list[list[int]]:
     check_budget(len(tokens))
-    size = MAX_INSTRUMENTS_PER_CONNECTION
-    return [list(tokens[i : i + size]) for i in range(0, len(tokens), size)] or [[]]
+    return split_connections(tokens, MAX_INSTRUMENTS_PER_CONNECTION)

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from feeds.dhan.packets import FeedMode
 from feeds.dhan.packets import FullPacket as DhanFull
@@ -123,6 +123,8 @@ class KiteSimulatorServer(SimulatorServer):
     """The fake Kite: ``async with KiteSimulatorServer(config) as sim:``, then ``sim.feed_url``."""
 
     heartbeat_interval_s = 1.0
+    _task_prefix = "kite-simulator"
+    _token_param = "access_token"
 
     def __init__(self, config: SimulatorConfig | None = None, host: str | None = None, port: int | None = None,
                  **kwargs: object) -> None:  # fmt: skip
@@ -145,21 +147,10 @@ class KiteSimulatorServer(SimulatorServer):
     def scrip_master_url(self) -> str:  # the name the Dhan server's callers use
         return self.instruments_url
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/", self._handle_feed)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get(INSTRUMENTS_PATH, self._handle_instruments)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self._requested_port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        self._market_task = asyncio.create_task(self._run_market(), name="kite-simulator-market")
-        self._market_task.add_done_callback(self._market_done)
+
+    def _announce(self) -> None:
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="kite-simulator-heartbeat")
         log.info("Kite simulator: ticker %s, instruments %s, %d instruments (seed %d)",
                  self.feed_url, self.instruments_url, len(self.universe), self.config.seed)  # fmt: skip
@@ -217,32 +208,8 @@ class KiteSimulatorServer(SimulatorServer):
             f.ltt, f.oi, f.oi_day_high, f.oi_day_low, f.ltt, (*bids, *asks),
         ))]  # fmt: skip
 
-    def _broadcast(self, changed: list[InstrumentKey]) -> None:
-        if self._silent:
-            return
-        outgoing: dict[_Connection, list[bytes]] = {}
-        for mode, subscribers in self._subscribers.items():
-            if not subscribers:
-                continue
-            for key in changed:
-                conns = subscribers.get(key)
-                if not conns or key in self._withheld:
-                    continue
-                data = self.render(key, mode)  # encoded once per mode, however many clients get it
-                for conn in conns:
-                    outgoing.setdefault(conn, []).extend(data)
-        for conn, data in outgoing.items():
-            self._send(conn, data)
-
-    def release(self) -> None:
-        keys, self._withheld = self._withheld, set()
-        for mode, subscribers in self._subscribers.items():
-            outgoing: dict[_Connection, list[bytes]] = {}
-            for key in keys:
-                for conn in subscribers.get(key, ()):
-                    outgoing.setdefault(conn, []).extend(self.render(key, mode))
-            for conn, data in outgoing.items():
-                self._send(conn, data)
+    def _initial(self, key: InstrumentKey, mode: FeedMode) -> list[bytes]:
+        return self.render(key, mode)  # Kite sends no prev-close packet: the quote carries close
 
     def _send(self, conn: _Connection, packets: list[bytes], *, force: bool = False) -> None:
         """Packet bodies go out as containers; ``force`` sends the items as they are (heartbeats,
@@ -256,11 +223,9 @@ class KiteSimulatorServer(SimulatorServer):
 
     # ------------------------------------------------------------------ faults
 
-    def send_garbage(self) -> int:
-        frames = kite_garbage_frames()
-        for conn in list(self._connections.values()):
-            self._send(conn, frames, force=True)
-        return len(frames)
+    @staticmethod
+    def _garbage_frames() -> list[bytes]:
+        return kite_garbage_frames()
 
     def send_text(self, kind: str, data: object) -> int:
         """Send every client a text frame ``{"type": kind, "data": data}`` (error, message, order)."""
@@ -284,16 +249,9 @@ class KiteSimulatorServer(SimulatorServer):
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle_feed(self, request: web.Request) -> web.StreamResponse:
-        if self._reject_left > 0 and self._reject_status is not None:
-            self._reject_left -= 1
-            self.stats.connections_rejected += 1
-            self.stats.handshakes_refused[self._reject_status] += 1
-            return web.Response(status=self._reject_status, text=f"injected HTTP {self._reject_status}")
-        query = request.query
+    def _check_query(self, query: Mapping[str, str]) -> None:
         if not query.get("api_key") or not query.get("access_token"):
-            self.stats.connections_rejected += 1
-            raise web.HTTPBadRequest(text="api_key and access_token are required")
+            self._refuse("api_key and access_token are required")
         expected = self.config.expected_token
         if expected is not None and query["access_token"] != expected:
             # Kite refuses a bad or expired token at the upgrade, before any WebSocket frame.
@@ -301,31 +259,9 @@ class KiteSimulatorServer(SimulatorServer):
             self.handshakes_forbidden += 1
             self.last_token = query["access_token"]
             raise web.HTTPForbidden(text="invalid access token")
-        ws = web.WebSocketResponse(heartbeat=self.config.ping_interval_s, compress=False, max_msg_size=1 << 20)
-        if not ws.can_prepare(request).ok:
-            self.stats.connections_rejected += 1
-            raise web.HTTPBadRequest(text="expected a WebSocket upgrade")
-        await ws.prepare(request)
-        self.stats.connections_accepted += 1
-        self.last_token = query["access_token"]
-        self._next_id += 1
-        conn = _Connection(self._next_id, ws, request.transport, self.config.send_queue_frames)
-        conn.writer = asyncio.create_task(self._write(conn), name=f"kite-simulator-writer-{conn.id}")
-        self._admit(conn)
-        try:
-            async for msg in ws:
-                self.stats.messages_received += 1
-                if msg.type == WSMsgType.TEXT:
-                    self._on_text(conn, msg.data)
-                else:
-                    self.stats.invalid_requests += 1
-        finally:
-            self._forget(conn)
-            if not conn.closing:
-                conn.closing = True
-                conn.writer.cancel()
-            await asyncio.wait([conn.writer])
-        return ws
+
+    def _credential_problem(self, query: Mapping[str, str]) -> None:
+        return None  # checked at the upgrade (_check_query): Kite sends no disconnect packet
 
     def _on_text(self, conn: _Connection, text: str) -> None:
         if conn.closing:

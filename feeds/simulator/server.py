@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import NoReturn
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -148,7 +149,16 @@ def _codes(frame: bytes) -> Iterable[int]:
 
 
 class SimulatorServer:
-    """The fake Dhan: ``async with SimulatorServer(config) as sim:`` then connect to ``sim.feed_url``."""
+    """The fake Dhan: ``async with SimulatorServer(config) as sim:`` then connect to ``sim.feed_url``.
+
+    A broker's own server (``feeds.simulator.kite``) reuses the market loop, the connections,
+    their writers and the faults, and overrides the protocol hooks: ``_make_universe``,
+    ``_packet_codes``, ``_add_routes``, ``_announce``, ``render``, ``_initial``,
+    ``_garbage_frames``, ``_check_query``, ``_credential_problem``, ``_admit``, ``_on_text``.
+    """
+
+    _task_prefix = "simulator"  # task names: "<prefix>-market", "<prefix>-writer-<id>"
+    _token_param = "token"  # the query parameter holding the access token
 
     def __init__(
         self,
@@ -192,6 +202,21 @@ class SimulatorServer:
         """What ``stats.packets_sent`` counts for one frame written: Dhan's response codes."""
         return _codes(frame)
 
+    @staticmethod
+    def _garbage_frames() -> list[bytes]:
+        """What ``send_garbage()`` sends."""
+        return garbage_frames()
+
+    def render(self, key: InstrumentKey, mode: FeedMode) -> list[bytes]:
+        """What the server sends for ``key`` in ``mode`` now (recorded in ``market.last_sent``)."""
+        return [encode(p) for p in self.market.packet(key, mode)]
+
+    def _initial(self, key: InstrumentKey, mode: FeedMode) -> list[bytes]:
+        """What a new subscriber (or a released instrument's) gets: Dhan sends prev close on
+        subscription; the current state follows at once so a client's coverage fills without
+        waiting for the instrument to trade."""
+        return [encode(self.market.prev_close_packet(key)), *self.render(key, mode)]
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -234,8 +259,7 @@ class SimulatorServer:
         """Open the port and start the market loop."""
         app = web.Application()
         app.router.add_get("/", self._handle_feed)
-        app.router.add_get(SCRIP_MASTER_PATH, self._handle_scrip_master)
-        app.router.add_routes(self.rest.routes())
+        self._add_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CLOSE_WAIT_S)
         await runner.setup()
         try:
@@ -246,8 +270,17 @@ class SimulatorServer:
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
-        self._market_task = asyncio.create_task(self._run_market(), name="simulator-market")
+        self._market_task = asyncio.create_task(self._run_market(), name=f"{self._task_prefix}-market")
         self._market_task.add_done_callback(self._market_done)
+        self._announce()
+
+    def _add_routes(self, app: web.Application) -> None:
+        """Everything but the feed itself: the scrip master and the option-chain REST API."""
+        app.router.add_get(SCRIP_MASTER_PATH, self._handle_scrip_master)
+        app.router.add_routes(self.rest.routes())
+
+    def _announce(self) -> None:
+        """Log what the started server serves (a broker's server also starts its own tasks here)."""
         log.info(
             "Dhan simulator: feed %s, scrip master %s, %d instruments (seed %d)",
             self.feed_url, self.scrip_master_url, len(self.universe), self.config.seed,
@@ -299,9 +332,7 @@ class SimulatorServer:
             outgoing: dict[_Connection, list[bytes]] = {}
             for key in keys:
                 for conn in subscribers.get(key, ()):
-                    data = [encode(self.market.prev_close_packet(key))]
-                    data += [encode(p) for p in self.market.packet(key, mode)]
-                    outgoing.setdefault(conn, []).extend(data)
+                    outgoing.setdefault(conn, []).extend(self._initial(key, mode))
             for conn, data in outgoing.items():
                 self._send(conn, data)
 
@@ -320,7 +351,7 @@ class SimulatorServer:
         """Send every client frames a decoder must reject or skip: a truncated Full packet, a
         header longer than its frame, a Ticker with a wrong length, a length below the header
         size, and an unknown response code. Returns the frames sent per client."""
-        frames = garbage_frames()
+        frames = self._garbage_frames()
         for conn in list(self._connections.values()):
             self._send(conn, frames, force=True)
         return len(frames)
@@ -374,9 +405,13 @@ class SimulatorServer:
                 conns = subscribers.get(key)
                 if not conns or key in self._withheld:
                     continue
-                # Rendered and encoded once per mode, however many clients get it.
-                data = [encode(p) for p in self.market.packet(key, mode)]
-                for conn in conns:
+                # Only to connections still open: rendering records the packet in last_sent,
+                # which must hold what clients really received (a closing socket gets nothing).
+                live = [conn for conn in conns if not conn.closing]
+                if not live:
+                    continue
+                data = self.render(key, mode)  # encoded once per mode, however many clients get it
+                for conn in live:
                     outgoing.setdefault(conn, []).extend(data)
         for conn, data in outgoing.items():
             self._send(conn, data)
@@ -435,7 +470,20 @@ class SimulatorServer:
                 self._disconnect(oldest, DisconnectReason.TOO_MANY_CONNECTIONS)
         self._connections[conn.id] = conn
 
+    def _refuse(self, problem: str) -> NoReturn:
+        """Refuse the upgrade with HTTP 400 saying why."""
+        self.stats.connections_rejected += 1
+        log.info("handshake refused: %s", problem)
+        raise web.HTTPBadRequest(text=problem)
+
+    def _check_query(self, query: Mapping[str, str]) -> None:
+        """Refuse (raise an HTTP error) a handshake whose query the broker would refuse."""
+        problem = _query_problem(query)
+        if problem is not None:
+            self._refuse(problem)
+
     def _credential_problem(self, query: Mapping[str, str]) -> DisconnectReason | None:
+        """Credentials Dhan accepts the upgrade for, then hangs up on with a code-50 packet."""
         if self.config.expected_token is not None and query["token"] != self.config.expected_token:
             return DisconnectReason.ACCESS_TOKEN_INVALID
         if self.config.expected_client_id is not None and query["clientId"] != self.config.expected_client_id:
@@ -452,20 +500,16 @@ class SimulatorServer:
             self.stats.handshakes_refused[self._reject_status] += 1
             log.info("handshake refused with injected HTTP %d", self._reject_status)
             return web.Response(status=self._reject_status, text=f"injected HTTP {self._reject_status}")
-        problem = _query_problem(request.query)
+        self._check_query(request.query)
         ws = web.WebSocketResponse(heartbeat=self.config.ping_interval_s, compress=False, max_msg_size=1 << 20)
-        if problem is None and not ws.can_prepare(request).ok:
-            problem = "expected a WebSocket upgrade"
-        if problem is not None:
-            self.stats.connections_rejected += 1
-            log.info("handshake refused: %s", problem)
-            raise web.HTTPBadRequest(text=problem)
+        if not ws.can_prepare(request).ok:
+            self._refuse("expected a WebSocket upgrade")
         await ws.prepare(request)
         self.stats.connections_accepted += 1
-        self.last_token = request.query["token"]
+        self.last_token = request.query[self._token_param]
         self._next_id += 1
         conn = _Connection(self._next_id, ws, request.transport, self.config.send_queue_frames)
-        conn.writer = asyncio.create_task(self._write(conn), name=f"simulator-writer-{conn.id}")
+        conn.writer = asyncio.create_task(self._write(conn), name=f"{self._task_prefix}-writer-{conn.id}")
         conn.writer.add_done_callback(_log_failure)
         reason = self._credential_problem(request.query)
         if reason is not None:
@@ -480,7 +524,7 @@ class SimulatorServer:
                     self._on_text(conn, msg.data)
                 else:
                     self.stats.invalid_requests += 1
-                    log.info("connection %d: ignoring a %s frame (v2 requests are JSON text)", conn.id, msg.type.name)
+                    log.info("connection %d: ignoring a %s frame (requests are JSON text)", conn.id, msg.type.name)
         finally:
             self._forget(conn)
             if not conn.closing:
@@ -529,10 +573,7 @@ class SimulatorServer:
             subscribers.setdefault(key, set()).add(conn)
             if key in self._withheld or self._silent:
                 continue
-            # Dhan sends prev close on subscription; the current state follows at once so a
-            # client's coverage fills without waiting for the instrument to trade.
-            packets.append(encode(self.market.prev_close_packet(key)))
-            packets.extend(encode(p) for p in self.market.packet(key, mode))
+            packets.extend(self._initial(key, mode))
         self._send(conn, packets)
 
     def _unsubscribe(self, conn: _Connection, request: SubscriptionRequest) -> None:
