@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from feeds.calendar import MarketCalendar
@@ -40,6 +40,10 @@ class Freshness:
     stale_after_s: float
     calendar: MarketCalendar
     clock: Clock = SYSTEM_CLOCK
+    # Calendar facts are asked on every request; they change only at whole seconds (session
+    # boundaries, midnight IST), so they are computed once per second of the clock and once per
+    # expiry — the same values as computing them every time, at a fraction of the cost.
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def is_stale(self, stale_legs: int, updated_at: float | None) -> bool:
         """Stale: a leg lost its feed and has had no data since (``stale_legs``), nothing was ever
@@ -55,15 +59,30 @@ class Freshness:
     def times(self, expiry: dt.date, stale_legs: int, updated_at: float | None) -> ChainTimes:
         """Everything time-dependent in a chain's body, at one reading of the clock."""
         now = self.clock.time()
-        cal = self.calendar
-        today = dt.datetime.fromtimestamp(now, IST).date()
-        return ChainTimes(
-            self._stale(stale_legs, updated_at, now), max((expiry - today).days, 0), cal.state(now), cal.next_open(now)
-        )
+        today, state, next_open = self._calendar_at(int(now))
+        return ChainTimes(self._stale(stale_legs, updated_at, now), max((expiry - today).days, 0), state, next_open)
+
+    def _calendar_at(self, second: int) -> tuple[dt.date, str, dt.datetime | None]:
+        """(today in IST, market state, next open) at the whole second ``second``: every boundary
+        is a whole second, so this is what ``now`` itself would give."""
+        memo = self._memo
+        if memo.get("second") != second:
+            cal = self.calendar
+            memo["facts"] = (dt.datetime.fromtimestamp(second, IST).date(), cal.state(second), cal.next_open(second))
+            memo["second"] = second
+        return memo["facts"]
 
     def nearest_expiry(self, expiries: Iterable[dt.date]) -> dt.date | None:
         """The first of ``expiries`` (ascending) that has not ended: an expiry ends at the close of
         its day's session (``MarketCalendar.session_close``), not at midnight."""
         now = self.clock.time()
-        close = self.calendar.session_close
-        return next((e for e in expiries if close(e).timestamp() > now), None)
+        return next((e for e in expiries if self._expiry_end(e) > now), None)
+
+    def _expiry_end(self, expiry: dt.date) -> float:
+        key = ("end", expiry)
+        end = self._memo.get(key)
+        if end is None:
+            if len(self._memo) > 1024:  # expiries roll forward for ever: keep the memo bounded
+                self._memo.clear()
+            end = self._memo[key] = self.calendar.session_close(expiry).timestamp()
+        return end
