@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         from service.doctor import run_doctor
 
         configure_logging("WARNING", settings.logging.json_format)  # the checklist is the output
-        return run_doctor(settings, config=getattr(args, "config", None), check_feed=not args.no_feed)
+        report, code = run_doctor(settings, config=getattr(args, "config", None), check_feed=not args.no_feed)
+        print(report, end="", flush=True)
+        return code
     configure_logging(settings.logging.level, settings.logging.json_format)
     try:
         if command == "simulate":

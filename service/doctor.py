@@ -323,8 +323,8 @@ def render(checks: Sequence[Check], *, secrets: Sequence[str] = ()) -> tuple[str
     return text, 1 if failed else 0
 
 
-def run_doctor(settings: Settings, *, config: object = None, check_feed: bool = True) -> int:
-    """``livechain doctor``: print the checklist on stdout; the exit code."""
+def run_doctor(settings: Settings, *, config: object = None, check_feed: bool = True) -> tuple[str, int]:
+    """``livechain doctor``: the checklist (the command line prints it) and the exit code."""
     origin = f"--config {config}" if config else (
         f"LIVECHAIN_CONFIG {os.environ['LIVECHAIN_CONFIG']}" if os.environ.get("LIVECHAIN_CONFIG") else "packaged defaults"
     )
@@ -332,6 +332,4 @@ def run_doctor(settings: Settings, *, config: object = None, check_feed: bool = 
     checks = asyncio.run(
         diagnose(settings, check_feed=check_feed, settings_origin=f"{origin} + LIVECHAIN_* environment", secrets=secrets)
     )
-    text, code = render(checks, secrets=secrets)
-    print(text, end="", flush=True)
-    return code
+    return render(checks, secrets=secrets)
