@@ -258,6 +258,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         )
         if metrics is not None:
             metrics.attach_connections("api", app)
+            metrics.attach_streams(app)
         port = await serve_http(
             app, settings.http, stack, lifecycle, sock=http_sock,
             reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,

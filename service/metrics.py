@@ -158,6 +158,7 @@ class LivechainCollector(Collector):
         self.tasks: Supervisor | None = None
         # (port label, that app's GUARDS list): read at scrape time, so accepting only increments.
         self.connection_guards: list[tuple[str, list[ConnectionGuard]]] = []
+        self.streams: web.Application | None = None  # the app serving /options/stream (service.stream)
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
@@ -181,6 +182,8 @@ class LivechainCollector(Collector):
             yield from self._tasks(self.tasks)
         if self.connection_guards:
             yield from self._connections()
+        if self.streams is not None:
+            yield from self._streams(self.streams)
 
     def _tasks(self, supervisor: Supervisor) -> Iterator[Metric]:
         crashes = CounterMetricFamily(
@@ -413,6 +416,17 @@ class LivechainCollector(Collector):
             open_.add_metric([label], sum(g.open for g in guards))
         yield from (accepted, refused, timeouts, open_)
 
+    def _streams(self, app: web.Application) -> Iterator[Metric]:
+        """``livechain_stream_*``: the SSE streams ``service.stream`` keeps count of."""
+        from service.stream import stream_stats
+
+        stats = stream_stats(app)
+        yield GaugeMetricFamily(PREFIX + "stream_clients", "Open /options/stream streams", value=stats["open"])
+        yield CounterMetricFamily(
+            PREFIX + "stream_refused", "Streams refused with a 503 (over http.max_streams)", value=stats["refused"]
+        )
+        yield GaugeMetricFamily(PREFIX + "stream_chains", "Chains with at least one stream", value=stats["chains"])
+
     def _mirror(self, mirror: object) -> Iterator[Metric]:
         # Duck-typed: the mirror's stats object may lack fields; only what it has is exported.
         # ``last_error`` is never exported: free text that may quote a URL with a password.
@@ -461,6 +475,10 @@ class Metrics:
     def attach_connections(self, label: str, app: web.Application) -> None:
         """Export the connection counts of the port(s) ``app`` is served on, labelled ``port=label``."""
         self.collector.connection_guards.append((label, app.setdefault(GUARDS, [])))
+
+    def attach_streams(self, app: web.Application) -> None:
+        """Export the counts of ``app``'s SSE streams (``livechain_stream_*``)."""
+        self.collector.streams = app
 
     def attach_analytics(self, runner: object | None, seeder: object | None = None) -> None:
         self.collector.analytics = runner

@@ -16,6 +16,7 @@ from tests.helpers import UNIT_S, until
 from tests.redis_fixture import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.sse import Follower, SseReader, open_stream
 from tests.test_replica import caught_up, frozen, primary_and_replica
+from tests.test_metrics import scrape as scrape_metrics
 from tests.test_service import settings_for
 
 
@@ -162,6 +163,9 @@ async def test_stream_limit_heartbeats_and_cors() -> None:
         assert one.headers["Access-Control-Allow-Origin"] == "http://dash.example"
         three = await open_stream(http, port, underlying="NIFTY")
         assert three.status == 503 and (await three.json())["error"]["code"] == "too_many_streams"
+        scrape = await scrape_metrics(svc.metrics_port)  # what an operator sees of it
+        assert scrape.value("livechain_stream_clients") == 2 and scrape.value("livechain_stream_refused_total") == 1
+        assert scrape.value("livechain_stream_chains") == 1
         bad = await open_stream(http, port, underlying="SENSEX")
         assert bad.status == 404 and (await bad.json())["error"]["code"] == "unknown_underlying"
         await freeze(svc)  # nothing changes: only heartbeats flow

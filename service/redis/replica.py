@@ -446,6 +446,7 @@ async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         )
         if metrics is not None:
             metrics.attach_connections("api", app)
+            metrics.attach_streams(app)
         port = await serve_http(
             app, settings.http, stack, lifecycle, sock=http_sock,
             reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,
