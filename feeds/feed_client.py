@@ -282,6 +282,7 @@ class BrokerFeed:
     broker: ClassVar[str]
     packet_names: ClassVar[Mapping[type, str]]
     connection_class: ClassVar[type[FeedConnection]]
+    normalizer_class: ClassVar[Callable[[Any], Any]]  # built from {instrument key: tick size}
     max_connections: ClassVar[int]
     max_instruments_per_connection: ClassVar[int]
     _log: ClassVar[logging.Logger]
@@ -291,17 +292,17 @@ class BrokerFeed:
         config: FeedConnectionConfig,
         credentials: Any,
         subscriptions: Sequence[Any],
-        normalizer: Any,
         *,
-        is_market_open: Callable[[float], bool],
-        tap: FrameTap | None,
-        rng: random.Random | None,
+        is_market_open: Callable[[float], bool] = lambda now: True,
+        tap: FrameTap | None = None,
+        rng: random.Random | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``clock`` stamps every frame's receive time and tells the stall watchdog what time it is."""
         self.config = config
         self.clock = clock
         self._credentials = credentials
-        self._normalizer = normalizer
+        self._normalizer = self.normalizer_class({s.key: s.tick_size for s in subscriptions})
         self._rng = rng or random.Random()
         self.is_market_open = is_market_open
         self.tap = tap

@@ -268,6 +268,7 @@ class DhanFeed(BrokerFeed):
     broker = "dhan"
     packet_names = PACKET_NAMES
     connection_class = _Connection
+    normalizer_class = Normalizer
     max_connections = MAX_CONNECTIONS
     max_instruments_per_connection = MAX_INSTRUMENTS_PER_CONNECTION
     check_budget = staticmethod(check_budget)
@@ -285,14 +286,11 @@ class DhanFeed(BrokerFeed):
         clock: Clock = SYSTEM_CLOCK,
         index_mode: FeedMode = FeedMode.QUOTE,
     ) -> None:
-        """``clock`` stamps every frame's receive time and tells the stall watchdog what time it is;
-        ``index_mode`` is how ``update_skeleton`` subscribes underlying indices (options: Full)."""
+        """``index_mode`` is how ``update_skeleton`` subscribes underlying indices (options: Full)."""
         self.index_mode = index_mode
-        normalizer = Normalizer({s.key: s.tick_size for s in subscriptions})
         super().__init__(
-            config, credentials, subscriptions, normalizer,
-            is_market_open=is_market_open, tap=tap, rng=rng, clock=clock,
-        )  # fmt: skip
+            config, credentials, subscriptions, is_market_open=is_market_open, tap=tap, rng=rng, clock=clock
+        )
 
     @property
     def credentials(self) -> Credentials:

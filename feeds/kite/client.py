@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import aiohttp
 
-from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.connection import FeedConnectionConfig
 from feeds.errors import DecodeError, FeedConnectionError, TokenExpired
-from feeds.feed_client import BrokerFeed, FeedConnection, FrameTap
+from feeds.feed_client import BrokerFeed, FeedConnection
 from feeds.kite.codec import decode_into, parse_text
 from feeds.kite.normalize import Normalizer
 from feeds.kite.packets import (
@@ -222,27 +220,11 @@ class KiteFeed(BrokerFeed):
     broker = "kite"
     packet_names = PACKET_NAMES
     connection_class = _Connection
+    normalizer_class = Normalizer
     max_connections = MAX_CONNECTIONS
     max_instruments_per_connection = MAX_INSTRUMENTS_PER_CONNECTION
     check_budget = staticmethod(check_budget)
     _log = log
-
-    def __init__(
-        self,
-        config: FeedConnectionConfig,
-        credentials: KiteCredentials,
-        subscriptions: Sequence[Subscription],
-        *,
-        is_market_open: Callable[[float], bool] = lambda now: True,
-        tap: FrameTap | None = None,
-        rng: random.Random | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        normalizer = Normalizer({s.key: s.tick_size for s in subscriptions})
-        super().__init__(
-            config, credentials, subscriptions, normalizer,
-            is_market_open=is_market_open, tap=tap, rng=rng, clock=clock,
-        )  # fmt: skip
 
     @property
     def credentials(self) -> KiteCredentials:
