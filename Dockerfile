@@ -18,19 +18,21 @@ RUN python -m venv /opt/livechain \
 
 FROM ${PYTHON_IMAGE}
 # Settings defaults and the NSE holiday calendar are package data: nothing is read from the
-# working directory. The scrip-master cache is the one place written to: mount a volume there.
+# working directory. The scrip-master cache and the history's Parquet days are the places written
+# to: mount volumes there.
 ENV PATH=/opt/livechain/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LIVECHAIN_HTTP__HOST=0.0.0.0 \
     LIVECHAIN_METRICS__HOST=0.0.0.0 \
-    LIVECHAIN_INSTRUMENTS__CACHE_DIR=/var/cache/livechain
+    LIVECHAIN_INSTRUMENTS__CACHE_DIR=/var/cache/livechain \
+    LIVECHAIN_HISTORY__PATH=/var/lib/livechain/history
 COPY --from=build /opt/livechain /opt/livechain
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin livechain \
-    && install -d -o 10001 -g 10001 -m 0750 /var/cache/livechain
+    && install -d -o 10001 -g 10001 -m 0750 /var/cache/livechain /var/lib/livechain/history
 USER 10001:10001
 WORKDIR /var/cache/livechain
-VOLUME ["/var/cache/livechain"]
+VOLUME ["/var/cache/livechain", "/var/lib/livechain/history"]
 # 8080: the HTTP API (bound once the readiness gate opens); 9108: metrics, /healthz and /readyz
 # (bound at start, so the health check works during warm-up).
 EXPOSE 8080 9108

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.machine import machine_info
 from bench.model import Budget, Row
-from bench.report import document, format_table, write_json
+from bench.report import document, format_table, headline, write_json
 from bench.scenarios import SCENARIOS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(format_table(rows, machine))
     write_json(args.out, document(rows, machine, budget, started_at, seconds))
-    print(f"{len(rows)} rows in {seconds:.1f} s; wrote {args.out}", file=sys.stderr)
+    top = headline(rows)
+    met = f"; headline targets met: {sum(bool(r.passed) for r in top)} of {len(top)}" if top else ""
+    print(f"{len(rows)} rows in {seconds:.1f} s{met}; wrote {args.out}", file=sys.stderr)
     missed = [r.case for r in rows if r.passed is False]
     return 1 if args.strict and missed else 0
 

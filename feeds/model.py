@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import NamedTuple, TypeAlias
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypeAlias
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
 
@@ -184,3 +185,68 @@ class PrevCloseTick(NamedTuple):
 
 
 Tick: TypeAlias = TradeTick | QuoteTick | FullTick | OpenInterestTick | PrevCloseTick
+
+
+# --------------------------------------------------------------------------- batches
+# A broker adapter that decodes many Full packets at once (Dhan's batch path, feeds.dhan.batch)
+# hands them over column by column instead of one FullTick per packet: the cache stores each
+# column's values straight into its legs, with no intermediate object per tick.
+
+
+def pack_key(key: InstrumentKey) -> int:
+    """One int per instrument key (segment in the high 32 bits), the key of batch columns."""
+    return (key[0] << 32) | key[1]
+
+
+def unpack_key(packed: int) -> InstrumentKey:
+    return (packed >> 32, packed & 0xFFFF_FFFF)
+
+
+# The columns of a FullTickBatch, in order: FullTick's fields without key, total_sell_qty,
+# total_buy_qty (the cache keeps neither; the batch holds them apart) and received_at.
+FULL_BATCH_COLUMNS = (
+    "ltp", "ltq", "ltt", "atp", "volume", "oi", "open", "close", "high", "low", "bid", "bid_qty", "ask", "ask_qty",
+)  # fmt: skip
+
+
+class FullTickBatch:
+    """Full ticks received together: tick i is row i of every column, all received at ``received_at``.
+
+    Values are exactly what the FullTicks would hold (Python floats and ints, ``None`` for not
+    sent). ``keys`` holds ``pack_key`` of each tick's instrument, as a sequence of ints (a numpy
+    int64 array from the decoder); ``columns`` is one list per name in ``FULL_BATCH_COLUMNS``.
+    ``ticks()`` turns the batch into the FullTicks it stands for, for sinks that want ticks.
+    """
+
+    __slots__ = ("keys", "columns", "total_sell_qty", "total_buy_qty", "received_at")
+
+    def __init__(
+        self,
+        keys: Sequence[int],
+        columns: Sequence[list[Any]],
+        total_sell_qty: Sequence[int],
+        total_buy_qty: Sequence[int],
+        received_at: float,
+    ) -> None:
+        if len(columns) != len(FULL_BATCH_COLUMNS) or any(len(c) != len(keys) for c in columns):
+            raise ValueError(f"a FullTickBatch needs {len(FULL_BATCH_COLUMNS)} columns of {len(keys)} values")
+        self.keys = keys
+        self.columns = columns
+        self.total_sell_qty = total_sell_qty
+        self.total_buy_qty = total_buy_qty
+        self.received_at = received_at
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def ticks(self) -> list[FullTick]:
+        """The FullTicks this batch stands for, in order."""
+        (ltp, ltq, ltt, atp, volume, oi, o, c, h, lo, bid, bid_qty, ask, ask_qty) = self.columns
+        at = self.received_at
+        sell = list(self.total_sell_qty)
+        buy = list(self.total_buy_qty)
+        return [
+            FullTick(unpack_key(int(k)), ltp[i], ltq[i], ltt[i], atp[i], volume[i], int(sell[i]), int(buy[i]), oi[i],
+                     o[i], c[i], h[i], lo[i], bid[i], bid_qty[i], ask[i], ask_qty[i], at)
+            for i, k in enumerate(self.keys)
+        ]  # fmt: skip

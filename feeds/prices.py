@@ -22,6 +22,9 @@ def tick_inverse(tick_size: float) -> int | None:
     return n if n >= 1 and abs(inverse - n) < 1e-9 else None
 
 
+_INF = float("inf")
+
+
 def tick_rounder(tick_size: float) -> Callable[[float], float | None]:
     """A function rounding a price to the nearest multiple of ``tick_size`` (None for <= 0)."""
     if not tick_size > 0:
@@ -30,4 +33,6 @@ def tick_rounder(tick_size: float) -> Callable[[float], float | None]:
     if n is not None:
         return lambda price: (price * n + ROUNDER - ROUNDER) / n if price > 0.0 else None
     decimals = max(0, -int(f"{tick_size:e}".split("e")[1])) + 2
-    return lambda price: round(round(price / tick_size) * tick_size, decimals) if price > 0.0 else None
+    # Only this path can overflow: an infinite price (a corrupt packet) becomes None, not an exception
+    # that would end the receive loop.
+    return lambda price: round(round(price / tick_size) * tick_size, decimals) if 0.0 < price < _INF else None

@@ -55,6 +55,10 @@ class FeedSink(Protocol):
     def on_ticks(self, ticks: Sequence[Tick]) -> None:
         """A batch of normalised ticks, in arrival order."""
 
+    # Optional: ``on_batch(batch: FullTickBatch) -> None``, Full ticks decoded together, column by
+    # column (Dhan's batch path). A feed calls it where the sink has it and ``on_ticks(batch.ticks())``
+    # where not; either way ticks reach the sink in arrival order per instrument.
+
     def on_event(self, event: FeedEvent) -> None:
         """A control event about a connection."""
 

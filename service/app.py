@@ -39,6 +39,9 @@ from service.metrics import METRICS_MAX_CONNECTIONS, Metrics, metrics_server
 from service.redis.mirror import MirrorStats, RedisMirror
 from service.analytics.rest_seed import RestSeeder
 from service.core.roll import ExpiryRoller, live_skeleton
+from service.history.sampler import HistorySampler
+from service.history.setup import open_store as open_history
+from service.history.store import HistoryStore
 from service.settings import Settings
 from service.tasks import Supervisor, cancel_and_wait
 
@@ -68,6 +71,8 @@ class RunningService:
     analytics: AnalyticsRunner | None = None  # None when analytics.enabled = false
     seeder: RestSeeder | None = None  # None unless seeding from the REST option chain
     supervisor: Supervisor | None = None  # the background tasks (analytics, seeder, roller, mirror)
+    history: HistoryStore | None = None  # None when history.enabled = false (service.history)
+    sampler: HistorySampler | None = None
 
 
 async def _load_master(settings: Settings, endpoint: FeedEndpoint, clock: Clock = SYSTEM_CLOCK) -> ChainSkeleton:
@@ -149,7 +154,7 @@ async def _start_metrics(
 
 async def _start_mirror(
     settings: Settings, cache: ChainCache, freshness: Freshness, health: Health, stack: contextlib.AsyncExitStack,
-    supervisor: Supervisor,
+    supervisor: Supervisor, history: HistoryStore | None = None,
 ) -> RedisMirror | None:
     """Mirror the cache into Redis from before the feed starts, so warm-up state is mirrored too.
 
@@ -165,7 +170,8 @@ async def _start_mirror(
 
     return await stack.enter_async_context(
         RedisMirror(
-            cache, settings.redis, freshness=freshness, on_connect=attach, clock=cache.clock, supervisor=supervisor
+            cache, settings.redis, freshness=freshness, on_connect=attach, clock=cache.clock, supervisor=supervisor,
+            parts=(history.redis,) if history is not None else (),
         )
     )
 
@@ -224,7 +230,8 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         if recorder is not None:
             stack.callback(recorder.close)
         health.cache, health.feed = cache, feed
-        mirror = await _start_mirror(settings, cache, freshness, health, stack, supervisor)
+        history = await open_history(settings, clock)  # the day Redis holds, loaded before the mirror rewrites it
+        mirror = await _start_mirror(settings, cache, freshness, health, stack, supervisor, history)
         analytics = await _start_analytics(settings, cache, endpoint.calendar, stack, supervisor)
         seeder = await _start_seeder(settings, cache, endpoint, stack, supervisor)
         ingest = Ingest(
@@ -235,6 +242,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
             metrics.attach_ingest(ingest)
             metrics.attach_tasks(supervisor)
             metrics.attach_analytics(analytics, seeder)
+            metrics.attach_history(history)
         lifecycle.to(Phase.WARMING, f"waiting for data on {cache.subscribed} instruments")
         feed_task = asyncio.create_task(feed.run(ingest), name="feed")
         stack.push_async_callback(cancel_and_wait, feed_task)
@@ -253,6 +261,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 health=health,
                 stream=StreamConfig.of(settings.http),
                 api_keys=api_keys,
+                history=history,
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )
@@ -264,6 +273,12 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
             reserve_connections=METRICS_MAX_CONNECTIONS if metrics is not None else 0,
         )  # fmt: skip
         lifecycle.to(Phase.READY, f"{cache.covered}/{cache.subscribed} instruments have data")
+        sampler = None
+        if history is not None:  # exits before the mirror: its last flush carries the last samples
+            sampler = await stack.enter_async_context(
+                HistorySampler(CacheChains(cache, freshness), history, calendar=endpoint.calendar, clock=clock,
+                               supervisor=supervisor)
+            )  # fmt: skip
         log.info("serving http://%s:%d/options/live", settings.http.host, port)
         roller = ExpiryRoller(
             settings, full, endpoint.calendar, cache, feed,
@@ -273,7 +288,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
         yield RunningService(
             settings, lifecycle, cache, ingest, feed, port, feed_task, endpoint.simulator, endpoint.replay, recorder,
             health=health, metrics=metrics, metrics_port=metrics_port, mirror=mirror, roller=roller,
-            analytics=analytics, seeder=seeder, supervisor=supervisor,
+            analytics=analytics, seeder=seeder, supervisor=supervisor, history=history, sampler=sampler,
         )
 
 

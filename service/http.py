@@ -27,6 +27,7 @@ from service.listen import bind_socket, connection_budget, guarded_server
 from service.settings import HttpSettings
 
 if TYPE_CHECKING:
+    from service.history.store import HistorySource
     from service.stream import StreamConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class HttpContext:
     health: Health | None = None  # why a serving process is degraded; see service.core.health
     stream: StreamConfig | None = None  # /options/stream's limits (service.stream); None: the defaults
     api_keys: tuple[bytes, ...] = ()  # service.auth: empty = no authentication
+    history: HistorySource | None = None  # service.history: None = history off (its routes answer 404)
 
 
 CONTEXT = web.AppKey("context", HttpContext)
@@ -98,6 +100,11 @@ def symbol_param(request: web.BaseRequest, name: str) -> str:
 def not_modified(request: web.BaseRequest, etag: str) -> bool:
     """Whether any of the request's ``If-None-Match`` headers matches ``etag`` (answer 304):
     the one rule for every route that sends an ETag (/options/live, the NSE shapes, the page)."""
+    first = request.headers.get("If-None-Match")
+    if first is None:
+        return False  # no header at all
+    if first == etag:
+        return True  # the usual revalidation: the tag itself, once
     return _etag_matches(if_none_match(request), etag)
 
 
@@ -105,12 +112,18 @@ def resolve_chain(request: web.Request) -> ChainSnapshot:
     """The snapshot that ``?underlying=…[&expiry=YYYY-MM-DD]`` names (expiry: the nearest), or an
     ``ApiError`` (400 bad parameters, 404 unknown underlying or expiry). Shared by every route
     that serves a chain (``/options/live``, ``/options/stream``, the NSE-shaped ones)."""
+    return _resolve(request)[0]
+
+
+def _resolve(request: web.Request) -> tuple[ChainSnapshot, str, dt.date | None]:
+    """``resolve_chain``, with what the query named: the underlying and the expiry (None: the nearest)."""
     chains = request.app[CONTEXT].chains
     underlying = symbol_param(request, "underlying")
     expiries = chains.expiries(underlying)
     if expiries is None:
         raise ApiError(404, "unknown_underlying", f"underlying {underlying!r} is not served; see /options/underlyings")
     raw_expiry = request.query.get("expiry")
+    named: dt.date | None = None
     if raw_expiry is None or raw_expiry == "":
         expiry = chains.nearest_expiry(underlying)
         if expiry is None:
@@ -120,22 +133,63 @@ def resolve_chain(request: web.Request) -> ChainSnapshot:
             # Strictly YYYY-MM-DD: fromisoformat alone also takes 2026-W50-2 and 20261124.
             if not _DATE.fullmatch(raw_expiry):
                 raise ValueError("not YYYY-MM-DD")
-            expiry = dt.date.fromisoformat(raw_expiry)
+            expiry = named = dt.date.fromisoformat(raw_expiry)
         except ValueError:
             raise ApiError(400, "bad_parameter", "'expiry' must be a date as YYYY-MM-DD") from None
     snap = chains.snapshot(underlying, expiry)
     if snap is None:
         listed = ", ".join(d.isoformat() for d in expiries)
         raise ApiError(404, "unknown_expiry", f"{underlying} has no expiry {expiry.isoformat()}; expiries: {listed}")
-    return snap
+    return snap, underlying, named
+
+
+# Request targets (path and query, as sent) of plain ``/options/live`` requests (JSON, no ``at``)
+# whose parameters were valid, with what they named: (underlying, expiry or None for the nearest).
+# Reading and checking a query is a pure function of the target, and pollers repeat theirs, so a
+# known target skips it: the same answer, less work per request. Bounded: cleared when full.
+_LIVE_TARGETS: dict[str, tuple[str, dt.date | None]] = {}
+_LIVE_TARGETS_MAX = 1024
+
+
+def _known_target(request: web.Request) -> ChainSnapshot | None:
+    """The snapshot a known plain target names now; None: not known, or answering needs the full path."""
+    named = _LIVE_TARGETS.get(request.raw_path)
+    if named is None:
+        return None
+    chains = request.app[CONTEXT].chains
+    underlying, expiry = named
+    if expiry is None:
+        expiry = chains.nearest_expiry(underlying)
+        if expiry is None:
+            return None  # the full path says why (404 no_expiry or unknown_underlying)
+    return chains.snapshot(underlying, expiry)
 
 
 async def options_live(request: web.Request) -> web.StreamResponse:
+    snap = _known_target(request)
+    if snap is None:
+        return await _options_live(request)
+    etag = snap.etag
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=snap.body, headers=headers, content_type="application/json")
+
+
+async def _options_live(request: web.Request) -> web.StreamResponse:
+    """``/options/live`` for a target not known yet (or one whose chain is gone): every check."""
+    if "at" in request.query:  # the chain as sampled at an instant (service.history, README "History")
+        from service.history.http import live_at
+
+        return await live_at(request)
     if request.query.get("format", "json") != "json":
         from service.nse import options_live_nse  # NSE's own shape (README "NSE-compatible output")
 
         return await options_live_nse(request)
-    snap = resolve_chain(request)
+    snap, underlying, expiry = _resolve(request)
+    if len(_LIVE_TARGETS) >= _LIVE_TARGETS_MAX:
+        _LIVE_TARGETS.clear()
+    _LIVE_TARGETS[request.raw_path] = (underlying, expiry)
     headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
     if not_modified(request, snap.etag):
         return web.Response(status=304, headers=headers)
@@ -236,8 +290,10 @@ def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = 
     app.router.add_get("/readyz", readyz)
     # Routes of their own modules: live push, NSE's shape, the page at /.
     from service import nse as _nse, stream as _stream, web as _page
+    from service.history import http as _history
 
     _stream.add_routes(app, context)
+    _history.add_routes(app)
     _nse.add_routes(app)
     _page.add_routes(app)
     from service import openapi as _openapi  # GET /openapi.json, kept in step by tests/test_openapi.py

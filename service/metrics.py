@@ -155,6 +155,7 @@ class LivechainCollector(Collector):
         self.ingest: Ingest | None = None
         self.analytics: object | None = None  # service.analytics.runner.AnalyticsRunner
         self.seeder: object | None = None  # service.analytics.rest_seed.RestSeeder
+        self.history: object | None = None  # service.history.store.HistoryStore
         self.tasks: Supervisor | None = None
         # (port label, that app's GUARDS list): read at scrape time, so accepting only increments.
         self.connection_guards: list[tuple[str, list[ConnectionGuard]]] = []
@@ -178,6 +179,8 @@ class LivechainCollector(Collector):
             yield from self._analytics(self.analytics)
         if self.seeder is not None:
             yield from self._rest(self.seeder)
+        if self.history is not None:
+            yield from self._history(self.history)
         if self.tasks is not None:
             yield from self._tasks(self.tasks)
         if self.connection_guards:
@@ -198,6 +201,21 @@ class LivechainCollector(Collector):
             restarts.add_metric([name], n)
         yield crashes
         yield restarts
+
+    def _history(self, store: object) -> Iterator[Metric]:
+        stats = store.stats  # type: ignore[attr-defined]
+        yield CounterMetricFamily(PREFIX + "history_samples_total", "Chain samples taken (service.history)",
+                                  value=stats.samples)  # fmt: skip
+        yield CounterMetricFamily(PREFIX + "history_passes_total", "History sample passes", value=stats.passes)
+        yield CounterMetricFamily(PREFIX + "history_seconds_total", "Time spent in history sample passes",
+                                  value=stats.seconds_total)  # fmt: skip
+        yield CounterMetricFamily(PREFIX + "history_parquet_writes_total", "Days (per underlying) written to Parquet",
+                                  value=stats.parquet_writes)  # fmt: skip
+        yield CounterMetricFamily(PREFIX + "history_parquet_errors_total",
+                                  "Failed Parquet writes (the day is kept in memory and retried)",
+                                  value=stats.parquet_errors)  # fmt: skip
+        yield GaugeMetricFamily(PREFIX + "history_bytes", "Bytes of samples held in memory",
+                                value=store.nbytes)  # type: ignore[attr-defined]  # fmt: skip
 
     def _analytics(self, runner: object) -> Iterator[Metric]:
         stats = runner.stats  # type: ignore[attr-defined]
@@ -479,6 +497,9 @@ class Metrics:
     def attach_streams(self, app: web.Application) -> None:
         """Export the counts of ``app``'s SSE streams (``livechain_stream_*``)."""
         self.collector.streams = app
+
+    def attach_history(self, store: object | None) -> None:
+        self.collector.history = store
 
     def attach_analytics(self, runner: object | None, seeder: object | None = None) -> None:
         self.collector.analytics = runner

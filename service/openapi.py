@@ -56,6 +56,68 @@ def _get(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any
     return {"get": op}
 
 
+HISTORY_ERRORS = {
+    "400": _error("Bad or missing parameter (times, interval, strikes, fields)"),
+    "404": _error("Unknown underlying or strike, no history for that time (no_history), or history off on this process (history_off)"),
+    **COMMON_ERRORS,
+}
+_TIME = {"type": "string", "description": "ISO-8601 instant with the IST offset, as as_of"}
+
+
+def _history_paths() -> dict[str, Any]:
+    """/options/history* (README 'History'): series sampled every history.interval_s."""
+    window = [
+        {"name": "from", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "ISO-8601 instant (naive: IST); default: today's samples"},
+        {"name": "to", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "ISO-8601 instant (naive: IST)"},
+        {"name": "interval", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "A multiple of history.interval_s: seconds, or 5m, 15m, 1h; the last sample per bucket"},
+    ]  # fmt: skip
+    side = {"type": "object", "properties": {k: {"type": ["integer", "null"]} for k in ("oi", "oi_change", "volume")}}
+    number = {"type": ["number", "null"]}
+    point = {
+        "type": "object",
+        "required": ["t"],
+        "properties": {
+            "t": _TIME,
+            **{k: number for k in ("underlying_ltp", "forward", "atm_strike", "atm_iv", "atm_straddle", "pcr_oi",
+                                   "pcr_volume", "max_pain")},
+            "ce": side, "pe": side,
+        },
+    }  # fmt: skip
+    head = {"underlying": {"type": "string"}, "expiry": {"type": "string", "format": "date"},
+            "interval_s": {"type": "number"}}  # fmt: skip
+    return {
+        "/options/history": _get(
+            "The chain-level series of one chain (ETag; If-None-Match gives 304)",
+            {"200": _ok("Points, oldest first", {"type": "object", "properties": {
+                **head, "points": {"type": "array", "items": point}}}),
+             "304": {"description": "Not modified"}, **HISTORY_ERRORS},
+            [UNDERLYING, EXPIRY, *window],
+        ),  # fmt: skip
+        "/options/history/legs": _get(
+            "Per-leg series (ltp, oi, volume, iv) of some strikes of one chain",
+            {"200": _ok("Arrays aligned with t", {"type": "object", "properties": {
+                **head, "fields": {"type": "array", "items": {"type": "string"}},
+                "t": {"type": "array", "items": _TIME}, "legs": JSON_OBJECT}}),
+             "304": {"description": "Not modified"}, **HISTORY_ERRORS},
+            [UNDERLYING, EXPIRY,
+             {"name": "strikes", "in": "query", "required": True, "schema": {"type": "string"},
+              "description": "Strikes separated by commas, e.g. 24000,24050"},
+             {"name": "fields", "in": "query", "required": False, "schema": {"type": "string"},
+              "description": "Some of ltp, oi, volume, iv (default all), separated by commas"},
+             *window],
+        ),  # fmt: skip
+        "/options/history/times": _get(
+            "The sample times held for one chain (today's by default)",
+            {"200": _ok("Times", {"type": "object", "properties": {**head, "t": {"type": "array", "items": _TIME}}}),
+             "304": {"description": "Not modified"}, **HISTORY_ERRORS},
+            [UNDERLYING, EXPIRY, *window],
+        ),  # fmt: skip
+    }
+
+
 def document() -> dict[str, Any]:
     """The whole description (a fresh dict)."""
     chain = {
@@ -80,8 +142,14 @@ def document() -> dict[str, Any]:
                 "name": "format", "in": "query", "required": False,
                 "description": "json (default) or nse (NSE's option-chain shape)",
                 "schema": {"type": "string", "enum": ["json", "nse"]},
+            }, {
+                "name": "at", "in": "query", "required": False,
+                "description": "The chain as sampled at the last sample at or before this ISO-8601 instant "
+                "(naive: IST): exactly the body served then; 404 no_history when there is none (README 'History')",
+                "schema": {"type": "string"},
             }],
         ),  # fmt: skip
+        **_history_paths(),
         "/options/underlyings": _get(
             "Underlyings served, with expiries, lot sizes and strike counts",
             {"200": _ok("The list"), **COMMON_ERRORS},

@@ -284,6 +284,23 @@ class AnalyticsSettings(_Section):
     rest_backoff_max_s: float = Field(30.0, gt=0)  # the retry backoff's cap
 
 
+class HistorySettings(_Section):
+    """Intraday history (README "History"): samples of every chain, kept in memory, Redis and Parquet."""
+
+    enabled: bool = True  # sample every served chain (off: the history routes and at= answer 404)
+    # Sample every chain this often, on the interval's boundaries (a 60 s interval samples at
+    # each whole minute); /options/history's interval must be a multiple of it.
+    interval_s: float = Field(60.0, ge=0.5, le=3600)
+    # Where each day is written as Parquet (hive-partitioned by date and underlying): a local
+    # directory or s3://bucket/prefix (pyarrow's filesystem layer; credentials from the usual
+    # AWS variables). Unset: $XDG_DATA_HOME/livechain/history, else ~/.local/share/livechain/history.
+    path: str | None = None
+    parquet: bool = True  # write each day at the session close and on shutdown (false: memory and Redis only)
+    # Redis keeps a day's samples until the end of its IST date plus this many days.
+    redis_keep_days: int = Field(2, ge=1, le=30)
+    max_query_days: int = Field(7, ge=1, le=366)  # a from..to range may span at most this many days
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # log level
     json_format: bool = False  # one JSON object per line instead of text
@@ -318,6 +335,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    history: HistorySettings = HistorySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -447,7 +465,7 @@ def _file_path_keys() -> list[tuple[str, str]]:
         for key, sub in field.annotation.model_fields.items()
         if _is_path_type(sub.annotation)
     ]
-    return [*keys, ("instruments", "source")]
+    return [*keys, ("instruments", "source"), ("history", "path")]
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

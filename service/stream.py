@@ -85,11 +85,11 @@ def event(kind: bytes, version: int, data: bytes) -> bytes:
 
 def leg_fields(snap: ChainSnapshot) -> list[str]:
     """Per leg slot (2 per strike: CE, PE) its delta key, ``25850.0:CE`` (the strike as JSON writes it)."""
-    return [f"{strike!r}:{side}" for strike, _, _ in snap.rows for side in ("CE", "PE")]
+    return [f"{strike!r}:{side}" for strike in snap.strikes for side in ("CE", "PE")]
 
 
 def leg_slots(snap: ChainSnapshot) -> list[bytes | None]:
-    return [leg for _, ce, pe in snap.rows for leg in (ce, pe)]
+    return snap.leg_slots()
 
 
 class ChainFeed:
@@ -100,7 +100,7 @@ class ChainFeed:
         self.pos = 0
         self._fields = leg_fields(snap)
         self._legs = leg_slots(snap)
-        self._strikes = [s for s, _, _ in snap.rows]
+        self._strikes = snap.strikes
         self._leg_pos = [0] * len(self._legs)  # position at which each leg last changed
         self._ring: deque[bytes] = deque(maxlen=ring)  # the deltas to positions pos-len+1 … pos
         self._versions: deque[tuple[int, int]] = deque([(0, snap.version)], maxlen=ring + 1)
@@ -120,8 +120,8 @@ class ChainFeed:
             return False
         pos = self.pos + 1
         legs = leg_slots(snap)
-        if [s for s, _, _ in snap.rows] != self._strikes:  # a new layout: nobody can follow it by delta
-            self._fields, self._legs, self._strikes = leg_fields(snap), legs, [s for s, _, _ in snap.rows]
+        if snap.strikes != self._strikes:  # a new layout: nobody can follow it by delta
+            self._fields, self._legs, self._strikes = leg_fields(snap), legs, snap.strikes
             self._leg_pos = [pos] * len(legs)
             self._ring.clear()  # base = pos: every client is sent a snapshot
             self._versions.clear()

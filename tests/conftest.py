@@ -26,12 +26,19 @@ def hermetic_environ(**overrides: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def _data_home(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("xdg-data-home"))
+
+
 @pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees a developer's LIVECHAIN_* or DHAN_* variables."""
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, _data_home: str) -> None:
+    """No test sees a developer's LIVECHAIN_* or DHAN_* variables, and the default history.path
+    ($XDG_DATA_HOME/livechain/history) is a temporary directory, never the user's."""
     for name in list(os.environ):
         if name.startswith(ENV_PREFIXES):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", _data_home)
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from feeds.dhan.client import (
 from feeds.dhan.codec import decode_packet
 from feeds.dhan.packets import FeedMode
 from feeds.dhan.requests import subscribe_messages
-from feeds.model import Tick
+from feeds.model import FullTickBatch, Tick
 from feeds.simulator.universe import Universe, build_universe
 from service.core.cache import ChainCache
 from service.core.health import Health
@@ -83,6 +83,15 @@ class _CountingIngest(Ingest):
         super().on_ticks(ticks)
         if self.first_read_at is None and ticks:
             self.first_read_at = ticks[0].received_at
+        self._check_done()
+
+    def on_batch(self, batch: FullTickBatch) -> None:
+        super().on_batch(batch)
+        if self.first_read_at is None and len(batch):
+            self.first_read_at = batch.received_at
+        self._check_done()
+
+    def _check_done(self) -> None:
         if self.ticks >= self.want and self.done_at is None:
             self.done_at = time.time()
             self.done.set()

@@ -10,8 +10,10 @@ from __future__ import annotations
 from bench.model import Scenario
 from bench.scenarios import (
     analytics,
+    coldstart,
     decode,
     freshness,
+    history,
     ingest,
     kite_decode,
     metrics,
@@ -32,9 +34,11 @@ SCENARIOS: dict[str, Scenario] = {
         push.SCENARIO,
         freshness.SCENARIO,
         scale.SCENARIO,
+        coldstart.SCENARIO,
         mirror.SCENARIO,
         recovery.SCENARIO,
         metrics.SCENARIO,
         analytics.SCENARIO,
+        history.SCENARIO,
     )
 }

@@ -5,14 +5,17 @@ Dhan sends. For each packet type the SDK, our bare decoder and our decoder plus 
 race in the same rounds:
 
 * ``decode``: ``decode_into`` per message into a reused list, as the client calls it.
-  Target ≥ 10x (the issue: "Target: at least 10x faster").
+  Informational, like every row here: for 12–16-byte packets a ratio to the SDK says little
+  (its OI and previous-close paths are one ``struct.unpack`` and a small dict, and 10x of those
+  would be less than one Python call per packet), so the per-packet-type "≥ 10x the SDK"
+  targets were retired (issue 16). The target that matters is end to end: ``ingest``.
 * ``decode+normalize``: the above, then ``Normalizer`` (tick 0.05 for every instrument) into
   domain ticks: the per-frame work the client really does. The SDK's output (dicts of
   formatted strings) is closer to ticks than to our wire tuples, so this is the fairer
-  end-to-end figure; it has no target of its own.
+  end-to-end figure.
 * ``full, 10/msg``: ten Full packets per message through ``decode_into``. The SDK decodes
   only the first packet of a message, so its figure is the packets it delivers (one per
-  message) and the ratio is not a like-for-like speed-up: no target.
+  message) and the ratio is not a like-for-like speed-up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from feeds.errors import DecodeError
 from feeds.model import Tick
 
 NAME = "decode"
-TARGET = 10.0
 UNIT = "packets/s"
 INSTRUMENTS = 5_000
 STACKED = 10
@@ -69,8 +71,8 @@ def run(budget: Budget) -> list[Row]:
             budget.rounds,
             budget.seconds_per_round,
         )
-        rows.append(_row(kind, "decode", rates["decode"], rates["sdk"], TARGET))
-        rows.append(_row(kind, "decode+normalize", rates["normalize"], rates["sdk"], None))
+        rows.append(_row(kind, "decode", rates["decode"], rates["sdk"]))
+        rows.append(_row(kind, "decode+normalize", rates["normalize"], rates["sdk"]))
         if kind == "full":
             full = items
 
@@ -82,14 +84,13 @@ def run(budget: Budget) -> list[Row]:
         budget.seconds_per_round,
     )
     note = f"SDK decodes only the 1st of {STACKED} packets per message; its figure counts those"
-    rows.append(_row(f"full, {STACKED}/msg", "decode", rates["decode"], rates["sdk"], None, note))
+    rows.append(_row(f"full, {STACKED}/msg", "decode", rates["decode"], rates["sdk"], note))
     return rows
 
 
-def _row(kind: str, what: str, ours: list[float], sdk: list[float], target: float | None, note: str = "") -> Row:
-    return Row.compare(
-        NAME, f"{kind}: {what}", ours, sdk, unit=UNIT, baseline_name=SDK_NAME, target=target, note=note
-    )
+def _row(kind: str, what: str, ours: list[float], sdk: list[float], note: str = "") -> Row:
+    """An informational row (no target): see the module doc."""
+    return Row.compare(NAME, f"{kind}: {what}", ours, sdk, unit=UNIT, baseline_name=SDK_NAME, note=note)
 
 
 # --------------------------------------------------------------------------- contestants

@@ -9,12 +9,13 @@ server costs almost nothing and the client is what is measured.
 
 Contestants, timed from their first frame to their last (handshake and subscription apart):
 
-* ``ours``: ``DhanFeed`` → ``Ingest`` → ``ChainCache`` (decode, normalise, batch, apply, the
-  ingest-latency histogram), done when every tick is applied.
-* ``bare websockets``: ``async for`` over the same library with the same options, counting.
-  Target: ours ≥ 0.7x of it (the issue).
-* ``bare aiohttp``: aiohttp's WebSocket client doing the same; informational, against bare
-  websockets: how much the choice of library alone is worth.
+* ``ours``: ``DhanFeed`` → ``Ingest`` → ``ChainCache`` (receive, batch, decode, normalise,
+  apply, the ingest-latency histogram), done when every tick is applied.
+* ``bare aiohttp``: aiohttp's WebSocket client (the one ours is built on, same options) doing
+  nothing but ``async for`` and counting. The headline: ours ≥ 0.6x of it (issue 16), i.e. all
+  our work per frame costs at most two thirds of one bare receive.
+* ``bare websockets``: the same with the websockets library; informational (ours against it,
+  and how much the choice of library alone is worth).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench.timing import interleave
 from bench.worker import Worker
 
 NAME = "ingest"
-TARGET = 0.7
+TARGET = 0.6  # ours vs bare aiohttp receive (issue 16)
 UNIVERSE = {"underlyings": ["NIFTY", "BANKNIFTY", "FINNIFTY"], "expiries": 3, "strikes_per_side": 80,
             "today": "2026-11-23"}  # fmt: skip
 
@@ -47,15 +48,13 @@ def run(budget: Budget) -> list[Row]:
         "instruments; server and client in separate processes; first frame → last frame (ours: → last tick applied)"
     )
     return [
+        Row.compare(NAME, "ours vs bare aiohttp receive", rates["ours"], rates["bare_aiohttp"], unit="frames/s",
+                    baseline_name="bare aiohttp WebSocket client (async for, count)", target=TARGET, note=note),
         Row.compare(NAME, "ours vs bare websockets receive", rates["ours"], rates["bare_websockets"],
-                    unit="frames/s", baseline_name="bare websockets client (async for, count)", target=TARGET,
-                    note=note),
+                    unit="frames/s", baseline_name="bare websockets client (async for, count)"),
         Row.compare(NAME, "bare aiohttp vs bare websockets receive", rates["bare_aiohttp"],
                     rates["bare_websockets"], unit="frames/s",
                     baseline_name="bare websockets client (async for, count)"),
-        Row.compare(NAME, "ours vs bare aiohttp receive", rates["ours"], rates["bare_aiohttp"], unit="frames/s",
-                    baseline_name="bare aiohttp WebSocket client (async for, count)",
-                    note="what ours could approach on aiohttp's client"),
     ]  # fmt: skip
 
 

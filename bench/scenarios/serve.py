@@ -13,9 +13,10 @@ complete, for a fixed time per run. The OS spreads the three over the two cores.
 * baseline: one aiohttp handler returning pre-built bytes of the same length with the same
   headers, no middleware, no ticks.
 
-Rows: requests/s (target ≥ 0.7x of bare, the issue) and p99 latency under that load; then
+Rows: requests/s (target ≥ 0.8x of bare, issue 16) and p99/p50 latency under that load; then
 revalidation, every request carrying ``If-None-Match`` with the current ETag of a quiet
-chain (ticker stopped), so every answer is a 304; against the bare handler's 304.
+chain (ticker stopped), so every answer is a 304; against the bare handler's 304 (target
+≥ 0.85x) and its p99.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from bench.timing import interleave
 from bench.worker import Worker
 
 NAME = "serve"
-TARGET = 0.7
+TARGET = 0.8  # 200s under 20k ticks/s vs the bare handler (issue 16)
+TARGET_304 = 0.85  # 304 revalidation vs the bare handler's 304 (issue 16)
 RATE = 20_000  # ticks/s into the served chain
 CONNECTIONS = 32
 STRIKES_PER_SIDE = 125
@@ -75,7 +77,7 @@ def run(budget: Budget) -> list[Row]:
         _row("200: requests/s", full, "rps", "req/s", TARGET, True, note),
         _row("200: p99 latency", full, "p99_ms", "ms", None, False),
         _row("200: p50 latency", full, "p50_ms", "ms", None, False),
-        _row("304 revalidation: requests/s", revalidate, "rps", "req/s", None, True,
+        _row("304 revalidation: requests/s", revalidate, "rps", "req/s", TARGET_304, True,
              "If-None-Match with the current ETag of a quiet chain (ticker stopped): every answer a 304"),
         _row("304 revalidation: p99 latency", revalidate, "p99_ms", "ms", None, False),
     ]  # fmt: skip

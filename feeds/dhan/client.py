@@ -43,6 +43,7 @@ from feeds.connection import (  # noqa: F401 - ConnectionStats, backoff_delay: s
     check_connection_budget,
     split_connections,
 )
+from feeds.dhan.batch import FULL_SIZE, decode_full_frames
 from feeds.dhan.codec import decode_into
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import (
@@ -74,7 +75,7 @@ from feeds.errors import (
     TokenExpired,
 )
 from feeds.feed_client import BrokerFeed, FeedConnection, FrameTap
-from feeds.model import ChainSkeleton, InstrumentKey
+from feeds.model import ChainSkeleton, FullTickBatch, InstrumentKey, Tick
 from feeds.source import FeedSink, ServerDisconnect
 
 log = logging.getLogger(__name__)
@@ -194,53 +195,161 @@ class _Connection(FeedConnection):
         # buffered before reporting the close itself.
         await self._receive(ws, sink)
 
+    def __init__(self, index: int, subscriptions: Iterable[Subscription], feed: BrokerFeed) -> None:
+        super().__init__(index, subscriptions, feed)
+        self._frames: list[bytes] = []  # one-Full-packet frames gathered for the batch path
+        self._batch_at = 0.0  # when the batch being gathered began: every tick's received_at
+        self._packets: list[Packet] = []
+        self._errors: list[DecodeError] = []
+        self._batches_pending = 0  # FullTickBatch items in _pending
+        self._disconnect: DisconnectPacket | None = None  # found by a flush, raised by the loop
+
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse, sink: FeedSink) -> None:
-        """Decode every frame until the socket closes (returns) or a code-50 packet ends it (raises)."""
+        """Read every frame until the socket closes (returns) or a code-50 packet ends it (raises).
+
+        The hot path: a frame holding one Full packet (162 bytes, what every option in Full mode
+        sends) is only appended to the batch being gathered; the batch is decoded, normalised and
+        handed over column by column (``feeds.dhan.batch``) when this task next waits for the
+        socket, or at ``max_batch_ticks`` frames. Any other frame is decoded at once, packet by
+        packet, after the Full frames gathered before it, so arrival order is kept. Frames, bytes
+        and packets are counted per batch; a batch's ticks carry the time its first frame was read.
+        """
         stats = self.stats
-        normalize = self._feed._normalizer
-        tap = self._feed.tap
-        pending = self._pending
+        frames = self._frames
         limit = self._feed.config.max_batch_ticks
-        packets: list[Packet] = []
-        errors: list[DecodeError] = []
-        by_type = stats.packets_by_type
         receive = ws.receive
-        wall = self._feed.clock.time
+        full_size = FULL_SIZE
         while True:
             msg = await receive()
-            kind = msg.type
-            if kind is not _BINARY:
-                if kind is _TEXT:
+            if msg[0] is not _BINARY:
+                if msg[0] is _TEXT:
                     stats.frames += 1
                     stats.text_frames += 1
                     continue
+                self._raise_found_disconnect(sink)
                 return  # CLOSE, CLOSING, CLOSED or ERROR: the caller says why
-            frame = msg.data
-            now = wall()
-            stats.frames += 1
-            stats.last_frame_at = now
-            if tap is not None:
-                tap(self.index, now, frame)
-            stats.bytes += len(frame)
-            decode_into(frame, packets, errors)
-            if errors:
-                self._count_errors(errors)
-            stats.packets += len(packets)
-            for p in packets:
-                cls = type(p)
-                by_type[cls] += 1
-                if cls is DisconnectPacket:
+            data = msg[1]
+            if len(data) == full_size:
+                if not frames:
+                    self._open_batch(sink)
+                frames.append(data)
+                if len(frames) >= limit:
                     self._flush()
-                    self._server_disconnect(p, sink)
-            normalize(packets, now, pending)
-            packets.clear()
-            if len(pending) >= limit:
-                self._flush()
-            elif pending and not self._flush_scheduled:
-                # Frames already buffered are read without suspending; the flush runs when
-                # this task next yields, so one batch holds everything that arrived together.
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            else:
+                self._other_frame(data, sink)
+
+    def _open_batch(self, sink: FeedSink) -> None:
+        self._raise_found_disconnect(sink)
+        if not self._flush_scheduled:
+            # Frames already buffered are read without suspending; the flush runs when this task
+            # next yields, so one batch holds everything that arrived together.
+            self._batch_at = self._feed.clock.time()
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _other_frame(self, data: bytes, sink: FeedSink) -> None:
+        """A frame that is not one Full packet: decoded now, after the Full frames gathered before it."""
+        self._open_batch(sink)
+        if self._frames:
+            self._take_frames()
+            self._raise_found_disconnect(sink)
+        stats = self.stats
+        stats.frames += 1
+        stats.bytes += len(data)
+        stats.last_frame_at = at = self._batch_at
+        tap = self._feed.tap
+        if tap is not None:
+            tap(self.index, at, data)
+        disconnect = self._decode(data)
+        if disconnect is not None:
+            self._flush()
+            self._server_disconnect(disconnect, sink)
+        if len(self._pending) >= self._feed.config.max_batch_ticks:
+            self._flush()
+
+    def _decode(self, data: bytes) -> DisconnectPacket | None:
+        """Decode one frame packet by packet into ``_pending``; a code-50 packet stops it and is returned."""
+        packets, errors = self._packets, self._errors
+        decode_into(data, packets, errors)
+        if errors:
+            self._count_errors(errors)
+        stats = self.stats
+        stats.packets += len(packets)
+        by_type = stats.packets_by_type
+        for p in packets:
+            cls = type(p)
+            by_type[cls] += 1
+            if cls is DisconnectPacket:
+                packets.clear()
+                return p  # type: ignore[return-value]
+        self._feed._normalizer(packets, self._batch_at, self._pending)
+        packets.clear()
+        return None
+
+    def _take_frames(self) -> None:
+        """Decode the gathered Full frames into ``_pending``: as one batch, or one by one when malformed."""
+        frames = self._frames
+        n = len(frames)
+        at = self._batch_at
+        stats = self.stats
+        stats.frames += n
+        stats.bytes += n * FULL_SIZE
+        stats.last_frame_at = at
+        tap = self._feed.tap
+        if tap is not None:
+            for frame in frames:
+                tap(self.index, at, frame)
+        pending = self._pending
+        batch = decode_full_frames(frames, self._feed._normalizer, at, pending)
+        if batch is None:
+            for frame in frames:
+                disconnect = self._decode(frame)
+                if disconnect is not None:
+                    self._disconnect = disconnect  # raised by the receive loop, which owns the socket
+                    break
+        else:
+            stats.packets += n
+            stats.packets_by_type[FullPacket] += n
+            if len(batch):
+                # Slow-tick instruments' ticks were appended first; they are other instruments.
+                pending.append(batch)  # type: ignore[arg-type]
+                self._batches_pending += 1
+        frames.clear()
+
+    def _raise_found_disconnect(self, sink: FeedSink) -> None:
+        disconnect, self._disconnect = self._disconnect, None
+        if disconnect is not None:
+            self._flush()
+            self._server_disconnect(disconnect, sink)
+
+    def _flush(self) -> None:
+        if self._frames:
+            self._take_frames()
+        self._flush_scheduled = False
+        pending, sink = self._pending, self._sink
+        if not pending or sink is None:
+            return
+        items = pending[:]
+        pending.clear()
+        if not self._batches_pending:
+            sink.on_ticks(items)
+            return
+        self._batches_pending = 0
+        on_batch = getattr(sink, "on_batch", None)
+        ticks: list[Tick] = []
+        for item in items:
+            if type(item) is FullTickBatch:
+                if ticks:
+                    sink.on_ticks(ticks)
+                    ticks = []
+                if on_batch is not None:
+                    on_batch(item)
+                else:
+                    sink.on_ticks(item.ticks())
+            else:
+                ticks.append(item)
+        if ticks:
+            sink.on_ticks(ticks)
 
     def _server_disconnect(self, packet: DisconnectPacket, sink: FeedSink) -> None:
         code = packet.reason

@@ -13,8 +13,11 @@ function call per price would cost more than the decode of the whole packet.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from feeds.model import FullTick, InstrumentKey, OpenInterestTick, PrevCloseTick, QuoteTick, Tick, TradeTick
+import numpy as np
+
+from feeds.model import FullTick, InstrumentKey, OpenInterestTick, PrevCloseTick, QuoteTick, Tick, TradeTick, pack_key
 from feeds.dhan.packets import FullPacket, OIPacket, Packet, PrevClosePacket, QuotePacket, TickerPacket
 from feeds.prices import ROUNDER, tick_inverse, tick_rounder  # noqa: F401 - tick_rounder re-exported
 
@@ -29,12 +32,14 @@ class Normalizer:
     def __init__(self, tick_sizes: Mapping[InstrumentKey, float]) -> None:
         self._fast: dict[InstrumentKey, float] = {}
         self._slow: dict[InstrumentKey, Callable[[float], float | None]] = {}
+        self._arrays: tuple[Any, Any] | None = None  # fast_arrays(), rebuilt after update()
         self.update(tick_sizes, ())
         self.unknown_instrument_packets = 0
         self.ignored_packets = 0
 
     def update(self, added: Mapping[InstrumentKey, float], removed: Iterable[InstrumentKey]) -> None:
         """Track newly subscribed instruments and forget unsubscribed ones."""
+        self._arrays = None
         for key in removed:
             self._fast.pop(key, None)
             self._slow.pop(key, None)
@@ -44,6 +49,24 @@ class Normalizer:
                 self._fast[key] = float(n)
             else:
                 self._slow[key] = tick_rounder(tick)
+
+    def fast_arrays(self) -> tuple[Any, Any]:
+        """For the batch path (``feeds.dhan.batch``): the packed keys of the instruments with an
+        integer tick inverse, sorted (numpy int64), and each one's inverse (float64)."""
+        if self._arrays is None:
+            keys = sorted((pack_key(k), n) for k, n in self._fast.items())
+            self._arrays = (
+                np.array([k for k, _ in keys], dtype=np.int64),
+                np.array([n for _, n in keys], dtype=np.float64),
+            )
+        return self._arrays
+
+    def is_slow(self, key: InstrumentKey) -> bool:
+        """Subscribed, but its tick has no integer inverse (rounded by the per-packet path)."""
+        return key in self._slow
+
+    def count_unknown(self, count: int) -> None:
+        self.unknown_instrument_packets += count
 
     def __call__(self, packets: list[Packet], received_at: float, out: list[Tick]) -> None:
         fast = self._fast

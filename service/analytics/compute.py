@@ -136,6 +136,11 @@ class ChainAnalytics:
             suffixes = self._suffixes = _leg_suffixes(self.legs)
         return suffixes.get((strike, side), NULL_LEG_SUFFIX)
 
+    def suffixes(self) -> dict[LegKey, bytes]:
+        """Every leg's ``leg_suffix`` (legs without analytics left out), without keeping them here:
+        for the primary's render, whose body keeps them (``service.core.snapshot``)."""
+        return self._suffixes if self._suffixes is not None else _leg_suffixes(self.legs)
+
     def to_json(self) -> bytes:
         """The Redis form: ``{"computed_at", "chain": {...}, "legs": {"25850.0:CE": [iv, …, iv_source]}}``."""
         raw = self._json

@@ -27,10 +27,13 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from feeds.clock import SYSTEM_CLOCK, Clock
 from feeds.model import (
     ChainSkeleton,
     FullTick,
+    FullTickBatch,
     InstrumentKey,
     OpenInterestTick,
     OptionContract,
@@ -38,6 +41,7 @@ from feeds.model import (
     QuoteTick,
     Tick,
     TradeTick,
+    pack_key,
 )
 
 
@@ -95,6 +99,15 @@ class Chain:
         self.analytics: Any = None  # the last ChainAnalytics, computed by service.analytics.runner
 
 
+class _Slots(NamedTuple):
+    """``ChainCache.apply_batch``'s lookup tables for one layout."""
+
+    keys: Any  # int64 packed keys (feeds.model.pack_key), sorted
+    legs: Any  # object array: the leg of each key
+    chain_of: Any  # int64: the number of the leg's only chain in ``chains``, -1 for several or none
+    chains: list[Chain]
+
+
 class ChainCache:
     def __init__(self, skeleton: ChainSkeleton, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
@@ -118,9 +131,14 @@ class ChainCache:
         # was applied (monotonic seconds): the start of the mirror's lag.
         self.dirty: set[Leg] = set()
         self.dirty_since: float | None = None
+        # Legs never seen / stale now: what apply_batch checks with one set operation per batch.
+        self._unseen: set[Leg] = set()
+        self._stale: set[Leg] = set()
+        self._slots: _Slots | None = None  # apply_batch's lookup tables, rebuilt after a layout change
         for symbol, und in skeleton.underlyings.items():
             index = Leg(und.key, None)
             self.legs[und.key] = index
+            self._unseen.add(index)
             self.index_keys[symbol] = und.key
             self._underlying_of[und.key] = symbol
         self._build_chains(skeleton)
@@ -174,9 +192,12 @@ class ChainCache:
                         del self.legs[leg.key]
                         del self._underlying_of[leg.key]
                         self.dirty.discard(leg)
+                        self._unseen.discard(leg)
+                        self._stale.discard(leg)
         added = self._build_chains(skeleton)
         if added or removed:
             self.layout_epoch += 1
+            self._slots = None
         version = self._next_version()
         for chain in added:
             chain.version = version
@@ -188,6 +209,7 @@ class ChainCache:
         leg = Leg(contract.key, contract)
         leg.chains = (chain,)
         self.legs[contract.key] = leg
+        self._unseen.add(leg)
         self._underlying_of[contract.key] = symbol
         return leg
 
@@ -235,6 +257,74 @@ class ChainCache:
         self.batches_applied += 1
         if self.dirty_since is None and self.dirty:
             self.dirty_since = self._monotonic()
+
+    def apply_batch(self, batch: FullTickBatch) -> int:
+        """Apply a batch of Full ticks (``FullTickBatch``): the same result as ``apply(batch.ticks())``.
+
+        Per tick this is one pass storing each column's value into the leg (no tick object);
+        finding the legs, the chains to bump, first data and the end of staleness are done once
+        per batch with numpy and set operations. Returns how many ticks were applied.
+        """
+        version = self._next_version()
+        slots = self._slots or self._index_slots()
+        keys = np.asarray(batch.keys, dtype=np.int64)
+        columns = batch.columns
+        pos = np.searchsorted(slots.keys, keys)
+        if len(slots.keys):
+            np.minimum(pos, len(slots.keys) - 1, out=pos)
+        found = slots.keys[pos] == keys if len(slots.keys) else np.zeros(len(keys), dtype=bool)
+        if not found.all():
+            self.ticks_unknown += int(len(keys) - found.sum())
+            rows = np.flatnonzero(found).tolist()
+            columns = [[col[i] for i in rows] for col in columns]
+            pos = pos[found]
+        legs = slots.legs[pos].tolist()
+        at = batch.received_at
+        # Targets are assigned left to right, so each row's leg is bound before its fields.
+        for (leg, leg.ltp, leg.ltq, leg.ltt, leg.atp, leg.volume, leg.oi, leg.open, leg.close, leg.high, leg.low,
+             leg.bid, leg.bid_qty, leg.ask, leg.ask_qty) in zip(legs, *columns):  # fmt: skip
+            leg.updated_at = at
+            leg.doc = None
+        self.dirty.update(legs)
+        if self._unseen:
+            for leg in self._unseen.intersection(legs):
+                self._first_data(leg)
+        if self._stale:
+            for leg in self._stale.intersection(legs):
+                self._set_stale(leg, False)
+        if legs:
+            chain_ids = slots.chain_of[pos]
+            chains = slots.chains
+            for cid in np.unique(chain_ids).tolist():
+                if cid >= 0:
+                    chain = chains[cid]
+                    chain.version = version
+                    chain.updated_at = at
+            if chain_ids.min() < 0:  # legs in several chains (an underlying's index)
+                for leg in slots.legs[pos[chain_ids < 0]].tolist():
+                    for chain in leg.chains:
+                        chain.version = version
+                        chain.updated_at = at
+            if self.dirty_since is None:
+                self.dirty_since = self._monotonic()
+        self.ticks_applied += len(keys)  # as apply(): unknown instruments included
+        self.batches_applied += 1
+        return len(legs)
+
+    def _index_slots(self) -> _Slots:
+        """Legs sorted by packed key, each with its only chain's number (-1: several or none)."""
+        chains = list(self.chains.values())
+        number = {id(chain): i for i, chain in enumerate(chains)}
+        ordered = sorted(self.legs.items(), key=lambda item: pack_key(item[0]))
+        legs = np.empty(len(ordered), dtype=object)
+        legs[:] = [leg for _, leg in ordered]
+        self._slots = _Slots(
+            np.array([pack_key(key) for key, _ in ordered], dtype=np.int64),
+            legs,
+            np.array([number[id(leg.chains[0])] if len(leg.chains) == 1 else -1 for _, leg in ordered], dtype=np.int64),
+            chains,
+        )
+        return self._slots
 
     def mark_stale(self, keys: Iterable[InstrumentKey]) -> int:
         """Mark instruments stale until fresh data arrives (their feed connection was lost)."""
@@ -308,12 +398,16 @@ class ChainCache:
 
     def _first_data(self, leg: Leg) -> None:
         leg.seen = True
+        self._unseen.discard(leg)
         self.covered += 1
         self.covered_by_underlying[self._underlying_of[leg.key]] += 1
 
-    @staticmethod
-    def _set_stale(leg: Leg, stale: bool) -> None:
+    def _set_stale(self, leg: Leg, stale: bool) -> None:
         leg.stale = stale
+        if stale:
+            self._stale.add(leg)
+        else:
+            self._stale.discard(leg)
         leg.doc = None
         for chain in leg.chains:
             chain.stale_legs += 1 if stale else -1

@@ -1,7 +1,7 @@
 """Feed events → cache: the cache's one owner, and the keeper of the readiness gate.
 
-``Ingest`` is the ``FeedSink`` every feed source pushes into. ``on_ticks`` applies a batch
-synchronously; the only per-batch extra work is one comparison for the gate while warming
+``Ingest`` is the ``FeedSink`` every feed source pushes into. ``on_ticks`` (and ``on_batch``,
+for Full ticks decoded together) applies a batch synchronously; the only per-batch extra work is one comparison for the gate while warming
 and, with metrics on, one clock read and one histogram observation of the batch's
 receive-to-applied latency (never anything per tick).
 Connection events mark instruments stale and move the lifecycle between ready and degraded.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from feeds.clock import SYSTEM_CLOCK, Clock
-from feeds.model import Tick
+from feeds.model import FullTickBatch, Tick
 from feeds.source import ConnectionDown, ConnectionUp, FeedEvent, ServerDisconnect
 from service.core.cache import ChainCache
 from service.core.lifecycle import Lifecycle, Phase
@@ -63,6 +63,16 @@ class Ingest:
         if self.latency is not None and ticks:
             # The oldest tick of the batch: its wait is the batch's worst.
             self.latency.observe(self._now() - ticks[0].received_at)
+        if not self.gate.is_set() and self.cache.covered >= self._target:
+            self.gate.set()
+
+    def on_batch(self, batch: FullTickBatch) -> None:
+        """Full ticks decoded together (``FeedSink.on_batch``): the same as ``on_ticks(batch.ticks())``."""
+        self.cache.apply_batch(batch)
+        self.batches += 1
+        self.ticks += len(batch)
+        if self.latency is not None and len(batch):
+            self.latency.observe(self._now() - batch.received_at)
         if not self.gate.is_set() and self.cache.covered >= self._target:
             self.gate.set()
 

@@ -1,24 +1,36 @@
-"""Immutable chain snapshots: the ``/options/live`` body, serialised once per (version, stale).
-
-A leg's JSON object is encoded only after that leg changed (``Leg.doc`` holds its bytes and
-is dropped by the cache on every change) and embedded into the body as an ``orjson.Fragment``,
-so a render costs one ``orjson.dumps`` of the chain's frame plus the changed legs.
+"""Immutable chain snapshots: the ``/options/live`` body, serialised once per (version, times).
 
 ``chain_snapshot`` is the one serialiser of a body: the primary renders its cache through it
 and a read replica renders what it loaded from Redis (the same leg bytes, see
 ``service.redis.mirror``) through it, so equal state gives equal bytes and equal ETags, on any process.
 The chain's analytics (``service.analytics.compute``) are one more input, computed on the primary and
 carried to replicas through Redis, never recomputed by a reader: they depend on the time.
+
+The body is the only copy of each leg's JSON that is kept (memory: one copy per leg, not three).
+A snapshot records where each leg object lies in its body (``spans``), so
+
+* a leg's JSON object is encoded only after that leg changed. The cache sets ``Leg.doc`` to
+  None on every change; a render encodes the legs whose ``doc`` is not ``IN_BODY``, splices them
+  into the previous body (the runs of unchanged strikes between them are copied as they are,
+  analytics suffixes included) and sets their ``doc`` to ``IN_BODY``: "my current JSON is in my
+  chain's rendered body". ``leg_json`` (the Redis mirror) reads it from there;
+* readers that send parts of a body (``service.stream``) slice it (``ChainSnapshot.leg``).
+
+A render's cost is the head, the changed legs and one copy of the body (plus its ETag), not
+one per leg; a chain whose analytics were recomputed is rebuilt leg by leg (from the previous
+body's leg objects, with the new analytics appended).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from feeds.model import IST
@@ -27,16 +39,29 @@ from service.core.cache import Chain, Leg
 from service.core.freshness import ChainTimes
 
 _fromtimestamp = dt.datetime.fromtimestamp
-_F = orjson.Fragment
+_dumps_raw = orjson.dumps
 
-
-def _dumps(obj: object) -> bytes:
-    """``orjson.dumps``, copied into an exactly sized object: orjson's own result keeps its
-    whole growth buffer (~4 KB for a 400-byte leg), and we keep one per leg for the day."""
-    return bytes(memoryview(orjson.dumps(obj)))
-
+# ``Leg.doc`` of a leg whose current JSON object is in its chain's rendered body (not a copy of
+# it): empty bytes, which no JSON object is. The cache replaces it with None on every change.
+IN_BODY = b""
 
 Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON
+
+_NULL = b"null"
+DIGEST = 16  # bytes of each leg object's hash (ChainSnapshot.digests)
+_blake2b = hashlib.blake2b
+_PE = b',"pe":'
+_STRIKE_END = b"}"
+
+
+def _no_spans() -> np.ndarray:
+    return np.zeros((0, 3), np.int32)
+
+
+def _exact(raw: bytes) -> bytes:
+    """An ``orjson.dumps`` result copied into an exactly sized object: orjson's own result keeps
+    its whole growth buffer (~4 KB for a 400-byte leg), and a leg may keep its doc for a while."""
+    return bytes(memoryview(raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +75,30 @@ class ChainSnapshot:
     # What the body was built from, for readers that send parts of it (service.stream):
     times: ChainTimes | None = None  # the clock-dependent inputs; a render is reused only while equal
     head: dict[str, Any] = field(default_factory=dict)  # every chain-level field (all but "strikes")
-    rows: tuple[Row, ...] = ()  # per strike its CE and PE objects exactly as in the body (None: no contract)
+    strikes: tuple[float, ...] = ()  # ascending; leg slots are 2 per strike, CE then PE
+    # Per leg slot, offsets into ``body``: its object's start, where its analytics suffix starts
+    # (``,"iv":…``), its end. A slot without a contract spans the ``null`` written there.
+    spans: np.ndarray = field(default_factory=_no_spans, repr=False, compare=False)
+    analytics: ChainAnalytics | None = field(default=None, repr=False, compare=False)  # whose suffixes the body has
+    legs: tuple[Leg | None, ...] = field(default=(), repr=False, compare=False)  # the primary's: cache leg per slot
+    strikes_at: int = 0  # offset of the first strike object in ``body``
+    digests: bytes = field(default=b"", repr=False, compare=False)  # per slot, the hash of its object (_etag)
+
+    def leg(self, slot: int) -> bytes | None:
+        """The leg object at ``slot`` (2 × strike index, + 1 for PE) exactly as in the body; None: no contract."""
+        start, _, end = self.spans[slot].tolist()
+        return None if self.body[start] == 0x6E else self.body[start:end]  # 0x6E: the n of null
+
+    def leg_slots(self) -> list[bytes | None]:
+        """Every slot's leg object (CE, PE per strike), as ``leg`` gives it."""
+        body = self.body
+        return [None if body[s] == 0x6E else body[s:e] for s, _, e in self.spans.tolist()]
+
+    @property
+    def rows(self) -> tuple[Row, ...]:
+        """Per strike its CE and PE objects exactly as in the body (None: no contract)."""
+        legs = self.leg_slots()
+        return tuple((strike, legs[2 * i], legs[2 * i + 1]) for i, strike in enumerate(self.strikes))
 
 
 def ist(epoch_s: float | None) -> dt.datetime | None:
@@ -58,40 +106,64 @@ def ist(epoch_s: float | None) -> dt.datetime | None:
     return None if epoch_s is None else _fromtimestamp(epoch_s, IST)
 
 
-def leg_json(leg: Leg) -> bytes:
-    """The leg's JSON object as it appears in the body (and in Redis), encoded once per change."""
-    doc = leg.doc
-    if doc is None:
-        doc = leg.doc = _dumps(
-            {
-                "security_id": leg.key[1],
-                "ltp": leg.ltp,
-                "ltq": leg.ltq,
-                "ltt": ist(leg.ltt),
-                "atp": leg.atp,
-                "volume": leg.volume,
-                "oi": leg.oi,
-                "prev_close": leg.prev_close,
-                "prev_oi": leg.prev_oi,
-                "open": leg.open,
-                "high": leg.high,
-                "low": leg.low,
-                "close": leg.close,
-                "bid": leg.bid,
-                "bid_qty": leg.bid_qty,
-                "ask": leg.ask,
-                "ask_qty": leg.ask_qty,
-                "updated_at": ist(leg.updated_at),
-                "stale": leg.stale,
-                # Derived from the leg alone, so they change with it (not on the analytics cadence).
-                "oi_change": None if leg.oi is None or leg.prev_oi is None else leg.oi - leg.prev_oi,
-                "oi_change_pct": _change_pct(leg.oi, leg.prev_oi),
-                "change": None if leg.ltp is None or leg.prev_close is None else round(leg.ltp - leg.prev_close, 4),
-                "change_pct": _change_pct(leg.ltp, leg.prev_close),
-                "two_sided": leg.bid is not None and leg.ask is not None,
-            }
-        )
-    return doc
+# The last instants converted (every leg of a batch shares its receive time, and many its trade second).
+# Each a (epoch, datetime) pair, replaced whole (never half-updated, whichever thread encodes).
+_last_ltt: tuple[float | None, dt.datetime | None] = (None, None)
+_last_updated: tuple[float | None, dt.datetime | None] = (None, None)
+
+
+def _ist_ltt(epoch_s: float | None) -> dt.datetime | None:
+    global _last_ltt
+    if epoch_s is None:
+        return None
+    last = _last_ltt
+    if last[0] != epoch_s:
+        last = _last_ltt = (epoch_s, _fromtimestamp(epoch_s, IST))
+    return last[1]
+
+
+def _ist_updated(epoch_s: float | None) -> dt.datetime | None:
+    global _last_updated
+    if epoch_s is None:
+        return None
+    last = _last_updated
+    if last[0] != epoch_s:
+        last = _last_updated = (epoch_s, _fromtimestamp(epoch_s, IST))
+    return last[1]
+
+
+def _encode(leg: Leg) -> bytes:
+    """The leg's JSON object as it appears in the body (and in Redis), without the analytics."""
+    oi, prev_oi, ltp, prev_close = leg.oi, leg.prev_oi, leg.ltp, leg.prev_close
+    return _dumps_raw(
+        {
+            "security_id": leg.key[1],
+            "ltp": ltp,
+            "ltq": leg.ltq,
+            "ltt": _ist_ltt(leg.ltt),
+            "atp": leg.atp,
+            "volume": leg.volume,
+            "oi": oi,
+            "prev_close": prev_close,
+            "prev_oi": prev_oi,
+            "open": leg.open,
+            "high": leg.high,
+            "low": leg.low,
+            "close": leg.close,
+            "bid": leg.bid,
+            "bid_qty": leg.bid_qty,
+            "ask": leg.ask,
+            "ask_qty": leg.ask_qty,
+            "updated_at": _ist_updated(leg.updated_at),
+            "stale": leg.stale,
+            # Derived from the leg alone, so they change with it (not on the analytics cadence).
+            "oi_change": None if oi is None or prev_oi is None else oi - prev_oi,
+            "oi_change_pct": _change_pct(oi, prev_oi),
+            "change": None if ltp is None or prev_close is None else round(ltp - prev_close, 4),
+            "change_pct": _change_pct(ltp, prev_close),
+            "two_sided": leg.bid is not None and leg.ask is not None,
+        }
+    )
 
 
 def _change_pct(ltp: float | None, prev_close: float | None) -> float | None:
@@ -100,8 +172,112 @@ def _change_pct(ltp: float | None, prev_close: float | None) -> float | None:
     return round(100.0 * (ltp - prev_close) / prev_close, 2)
 
 
-def _null_suffix(strike: float, side: str) -> bytes:
-    return NULL_LEG_SUFFIX
+def leg_json(leg: Leg) -> bytes:
+    """The leg's JSON object as it appears in the body (and in Redis), encoded once per change:
+    kept in ``leg.doc`` until a render puts it into the body, then read from the body."""
+    doc = leg.doc
+    if doc is IN_BODY:
+        found = _from_body(leg)
+        if found is not None:
+            return found
+        doc = None
+    if doc is None:
+        doc = leg.doc = _exact(_encode(leg))
+    return doc
+
+
+def _from_body(leg: Leg) -> bytes | None:
+    """The leg's object (without analytics) from its chain's rendered body; None if it is not there."""
+    contract = leg.contract
+    if contract is None or not leg.chains:
+        return None
+    snap: ChainSnapshot | None = leg.chains[0].rendered
+    if snap is None or not snap.legs:
+        return None
+    slot = 2 * bisect_left(snap.strikes, contract.strike) + (contract.option_type == "PE")
+    if slot >= len(snap.legs) or snap.legs[slot] is not leg:
+        return None
+    start, suffix_at, _ = snap.spans[slot].tolist()
+    return snap.body[start:suffix_at] + b"}"
+
+
+def _head(underlying: str, expiry: dt.date, underlying_ltp: float | None, lot_size: int, updated_at: float | None,
+          version: int, times: ChainTimes, analytics: ChainAnalytics | None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "underlying": underlying,
+        "expiry": expiry,
+        "underlying_ltp": underlying_ltp,
+        "lot_size": lot_size,
+        "as_of": ist(updated_at),
+        "version": version,
+        "stale": times.stale,
+        **times.head(),
+        **(NULL_HEAD if analytics is None else analytics.head),
+    }
+
+
+def _opening(head: dict[str, Any]) -> bytes:
+    """The body up to its first strike object: ``{…head…,"strikes":[``."""
+    return _dumps_raw(head)[:-1] + b',"strikes":['
+
+
+def _assemble(
+    opening: bytes, strikes: Sequence[float], pieces: Iterable[tuple[Any, Any] | None]
+) -> tuple[bytes, np.ndarray]:
+    """The body from its opening and per slot (CE, PE per strike) the leg object as (its base JSON
+    without the closing brace, its analytics suffix), or None: no contract. The same bytes as
+    ``orjson.dumps({**head, "strikes": [{"strike": s, "ce": …, "pe": …}, …]})``.
+
+    ``pieces`` is consumed one at a time and each is copied into the body at once, so a freshly
+    encoded leg is freed before the next is encoded: a chain's first render does not leave
+    megabytes of freed encoder buffers under its body (resident memory the allocator keeps).
+    """
+    out = bytearray(opening)
+    spans: list[int] = []
+    span = spans.extend
+    piece_of = iter(pieces)
+    for i, strike in enumerate(strikes):
+        out += b',{"strike":' if i else b'{"strike":'
+        out += _dumps_raw(strike)
+        out += b',"ce":'
+        for tail in (_PE, _STRIKE_END):
+            piece = next(piece_of)
+            pos = len(out)
+            if piece is None:
+                out += _NULL
+                span((pos, pos + 4, pos + 4))
+            else:
+                base, suffix = piece
+                out += base
+                at = len(out)
+                out += suffix
+                span((pos, at, len(out)))
+            out += tail
+    out += b"]}"
+    return bytes(out), np.array(spans, np.int32).reshape(-1, 3)
+
+
+def _snapshot(underlying: str, expiry: dt.date, version: int, times: ChainTimes, head: dict[str, Any], body: bytes,
+              strikes: tuple[float, ...], spans: np.ndarray, analytics: ChainAnalytics | None,
+              legs: tuple[Leg | None, ...], strikes_at: int, digests: bytes) -> ChainSnapshot:  # fmt: skip
+    return ChainSnapshot(underlying, expiry, version, times.stale, body, _etag(body, strikes_at, strikes, digests), times,
+                         head, strikes, spans, analytics, legs, strikes_at, digests)  # fmt: skip
+
+
+def _etag(body: bytes, strikes_at: int, strikes: tuple[float, ...], digests: bytes) -> str:
+    """A strong ETag, a hash of the body: of its head, its strikes and each leg object's own hash
+    (``digests``), so a render hashes only the legs that changed, not the whole body. Equal bodies
+    have equal parts, hence equal tags, on any process."""
+    h = _blake2b(memoryview(body)[:strikes_at], digest_size=12)
+    h.update(_dumps_raw(strikes))
+    h.update(digests)
+    return '"' + h.hexdigest() + '"'
+
+
+def _digests(body: bytes, spans: np.ndarray) -> bytes:
+    """Per leg slot the hash of its object (or null) in ``body``, ``DIGEST`` bytes each."""
+    mv = memoryview(body)
+    return b"".join([_blake2b(mv[start:end], digest_size=DIGEST).digest() for start, _, end in spans.tolist()])
 
 
 def chain_snapshot(
@@ -116,7 +292,7 @@ def chain_snapshot(
     rows: Iterable[Row],
     analytics: ChainAnalytics | None = None,
 ) -> ChainSnapshot:
-    """Serialise one chain's body and tag it: the only place a body is built.
+    """Serialise one chain's body and tag it: the only serialiser of a body (a read replica's).
 
     ``rows`` carry each leg's base JSON (``leg_json``); the body's leg object is that with the
     chain's per-leg analytics appended (``"iv"`` … ``"iv_source"``, null where there are none):
@@ -124,57 +300,123 @@ def chain_snapshot(
     analytics pass. ``times`` are the clock-dependent fields (``stale``, ``days_to_expiry``,
     ``market``: ``service.core.freshness``).
     """
+    rows = list(rows)
+    strikes = tuple(strike for strike, _, _ in rows)
     suffix = _null_suffix if analytics is None else analytics.leg_suffix
-    legs = tuple(
-        (
-            strike,
-            None if ce is None else ce[:-1] + suffix(strike, "CE"),
-            None if pe is None else pe[:-1] + suffix(strike, "PE"),
-        )
+    pieces = (
+        None if doc is None else (memoryview(doc)[:-1], suffix(strike, side))
         for strike, ce, pe in rows
+        for doc, side in ((ce, "CE"), (pe, "PE"))
     )
-    head = {
-        "underlying": underlying,
-        "expiry": expiry,
-        "underlying_ltp": underlying_ltp,
-        "lot_size": lot_size,
-        "as_of": ist(updated_at),
-        "version": version,
-        "stale": times.stale,
-        **times.head(),
-        **(NULL_HEAD if analytics is None else analytics.head),
-    }
-    body = _dumps(
-        {
-            **head,
-            "strikes": [
-                {"strike": strike, "ce": None if ce is None else _F(ce), "pe": None if pe is None else _F(pe)}
-                for strike, ce, pe in legs
-            ],
-        }
-    )
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    return ChainSnapshot(underlying, expiry, version, times.stale, body, etag, times, head, legs)
+    head = _head(underlying, expiry, underlying_ltp, lot_size, updated_at, version, times, analytics)
+    opening = _opening(head)
+    body, spans = _assemble(opening, strikes, pieces)
+    return _snapshot(underlying, expiry, version, times, head, body, strikes, spans, analytics, (), len(opening),
+                     _digests(body, spans))  # fmt: skip
+
+
+def _null_suffix(strike: float, side: str) -> bytes:
+    return NULL_LEG_SUFFIX
 
 
 def render(chain: Chain, times: ChainTimes) -> ChainSnapshot:
-    """The chain's snapshot, reusing the last one when nothing changed (version and ``times``)."""
+    """The chain's snapshot, reusing the last one when nothing changed (version and ``times``);
+    else the last body with the changed legs spliced in (or rebuilt, when the analytics changed)."""
     last: ChainSnapshot | None = chain.rendered
     if last is not None and last.version == chain.version and last.times == times:
         return last
-    snap = chain_snapshot(
-        chain.underlying,
-        chain.expiry,
-        underlying_ltp=chain.index.ltp,
-        lot_size=chain.lot_size,
-        updated_at=chain.updated_at,
-        version=chain.version,
-        times=times,
-        rows=[
-            (strike, None if ce is None else leg_json(ce), None if pe is None else leg_json(pe))
-            for strike, ce, pe in chain.rows
-        ],
-        analytics=chain.analytics,
-    )
+    analytics = chain.analytics
+    head = _head(chain.underlying, chain.expiry, chain.index.ltp, chain.lot_size, chain.updated_at, chain.version,
+                 times, analytics)  # fmt: skip
+    opening = _opening(head)
+    if last is not None and last.legs:
+        legs, strikes = last.legs, last.strikes
+    else:
+        legs = tuple(leg for _, ce, pe in chain.rows for leg in (ce, pe))
+        strikes = tuple(strike for strike, _, _ in chain.rows)
+    if last is not None and last.legs and last.analytics is analytics:
+        body, spans, digests, taken = _patch(last, opening, legs)
+    else:
+        body, spans = _rebuild(last if last is not None and last.legs else None, opening, strikes, legs, analytics)
+        digests = _digests(body, spans)
+        taken = [leg for leg in legs if leg is not None]
+    snap = _snapshot(chain.underlying, chain.expiry, chain.version, times, head, body, strikes, spans, analytics,
+                     legs, len(opening), digests)  # fmt: skip
     chain.rendered = snap
+    for leg in taken:
+        leg.doc = IN_BODY  # its current JSON is in snap.body now
     return snap
+
+
+def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, ...], legs: tuple[Leg | None, ...],
+             analytics: ChainAnalytics | None) -> tuple[bytes, np.ndarray]:  # fmt: skip
+    """Every leg object anew (the first render, or new analytics): unchanged legs' base JSON
+    from the last body, changed ones encoded."""
+    suffixes = {} if analytics is None else analytics.suffixes()
+    old = None if last is None else memoryview(last.body)
+    old_spans = None if last is None else last.spans.tolist()
+    null = NULL_LEG_SUFFIX
+
+    def pieces() -> Iterator[tuple[Any, Any] | None]:
+        for slot, leg in enumerate(legs):
+            if leg is None:
+                yield None
+                continue
+            doc = leg.doc
+            if doc is IN_BODY and old is not None:
+                start, suffix_at, _ = old_spans[slot]  # type: ignore[index]
+                base = old[start:suffix_at]
+            else:
+                if doc is None or doc is IN_BODY:
+                    doc = _encode(leg)
+                base = memoryview(doc)[:-1]
+            yield base, suffixes.get((strikes[slot >> 1], "PE" if slot & 1 else "CE"), null)
+            del base, doc  # freed before the next leg is encoded
+
+    return _assemble(opening, strikes, pieces())
+
+
+def _patch(
+    last: ChainSnapshot, opening: bytes, legs: tuple[Leg | None, ...]
+) -> tuple[bytes, np.ndarray, bytes, list[Leg]]:
+    """The last body with a new opening and the changed legs' objects replaced (same analytics):
+    the runs between changed legs are copied as one piece each. Also returns the digests and
+    the changed legs."""
+    changed = [slot for slot, leg in enumerate(legs) if leg is not None and leg.doc is not IN_BODY]
+    old = memoryview(last.body)
+    spans = last.spans
+    cursor = last.strikes_at
+    shift = len(opening) - cursor
+    parts: list[Any] = [opening]
+    append = parts.append
+    if not changed:
+        append(old[cursor:])
+        return b"".join(parts), spans + shift if shift else spans, last.digests, []
+    at = np.array(changed, np.intp)
+    base_lens: list[int] = []
+    deltas: list[int] = []
+    for slot, (start, suffix_at, end) in zip(changed, spans[at].tolist()):
+        leg = legs[slot]
+        doc = leg.doc  # type: ignore[union-attr]
+        if doc is None:
+            doc = _encode(leg)  # type: ignore[arg-type]
+        n = len(doc) - 1
+        append(old[cursor:start])
+        append(memoryview(doc)[:-1])
+        append(old[suffix_at:end])  # the analytics suffix, unchanged
+        cursor = end
+        base_lens.append(n)
+        deltas.append(n - (suffix_at - start))
+    append(old[cursor:])
+    body = b"".join(parts)
+    step = np.zeros(len(legs) + 1, np.int32)
+    step[at + 1] = deltas
+    moved = spans + (np.cumsum(step[:-1], dtype=np.int32) + shift)[:, None]
+    suffix_lens = spans[at, 2] - spans[at, 1]
+    moved[at, 1] = moved[at, 0] + np.array(base_lens, np.int32)
+    moved[at, 2] = moved[at, 1] + suffix_lens
+    digests = bytearray(last.digests)
+    new = memoryview(body)
+    for slot, (start, _, end) in zip(changed, moved[at].tolist()):
+        digests[slot * DIGEST : (slot + 1) * DIGEST] = _blake2b(new[start:end], digest_size=DIGEST).digest()
+    return body, moved, bytes(digests), [legs[slot] for slot in changed]  # type: ignore[misc]

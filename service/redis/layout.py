@@ -304,3 +304,33 @@ def change_message(
     if analytics is not None:
         message[ANALYTICS_FIELD] = orjson.Fragment(analytics)
     return orjson.dumps(message)
+
+
+# --------------------------------------------------------------------------- history (issue 14)
+#
+#     livechain:history:{day}:{chain}          list    the chain's samples of that IST day, oldest
+#                                                      first, one element per sample (binary:
+#                                                      service.history.model.encode: a JSON header
+#                                                      with t (UTC µs), the chain-level series and
+#                                                      its layout id, the leg columns, the body
+#                                                      zstd-compressed)
+#     livechain:history-layouts:{day}:{chain}  hash    layout id → JSON list of the strikes that
+#                                                      sample's columns follow
+#     livechain:history-settings               string  JSON {"interval_s": …}: the primary's sampling
+#                                                      interval, so replicas answer with the same
+#
+# Both expire at the end of the day's IST date plus history.redis_keep_days: a relative EXPIRE
+# from the primary's clock, set with every write. The primary appends each sample pass in its
+# mirror's MULTI/EXEC and rewrites the whole day with every full rewrite (new run), like the
+# chains; it loads the days back at start, before its first write.
+
+HISTORY_PREFIX = PREFIX + "history:"
+HISTORY_SETTINGS_KEY = PREFIX + "history-settings"
+
+
+def history_key(day: dt.date, cid: str) -> str:
+    return f"{HISTORY_PREFIX}{day.isoformat()}:{cid}"
+
+
+def history_layouts_key(day: dt.date, cid: str) -> str:
+    return f"{PREFIX}history-layouts:{day.isoformat()}:{cid}"

@@ -9,6 +9,8 @@ per changed chain an HSET of its changed legs, an HSET of its meta, an XADD to t
 carry the changed legs as one JSON object, encoded once). A chain whose analytics were
 recomputed since the last flush (``service.analytics.runner``) is written too, with the
 analytics JSON in its meta hash, stream entry and message; other flushes leave them out.
+Other state can ride in the same transactions (``MirrorPart``: the history's samples,
+``service.history.store.RedisPart``), rewritten whole with every full rewrite.
 
 If a write fails the legs go back into the dirty set, the task backs off (exponential, full
 jitter, capped) and, once Redis answers again, rewrites the whole state under a new ``run``:
@@ -31,9 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Protocol
 
 from feeds.clock import SYSTEM_CLOCK, Clock
 from service.core.cache import Chain, ChainCache, Leg
@@ -65,6 +68,20 @@ from service.core.snapshot import ist, leg_json
 from service.tasks import Child, Supervisor
 
 log = logging.getLogger(__name__)
+
+
+class MirrorPart(Protocol):
+    """More state the mirror writes in its transactions (``service.history.store.RedisPart``)."""
+
+    @property
+    def pending(self) -> int:
+        """How much is waiting to be written (0: nothing)."""
+
+    def stage(self, pipe: Any, full: bool) -> object | None:
+        """Add commands to the flush's pipeline (everything when ``full``); a token, or None if none."""
+
+    def failed(self, token: object) -> None:
+        """The transaction carrying ``token`` failed: write everything next time."""
 
 
 @dataclass(slots=True)
@@ -112,8 +129,11 @@ class RedisMirror:
         on_connect: Callable[[MirrorStats], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         supervisor: Supervisor | None = None,
+        parts: Sequence[MirrorPart] = (),
     ) -> None:
-        """``freshness``: the staleness inputs written into the catalog for replicas; ``observer``
+        """``parts``: more state written in the same transactions (the history's samples,
+        ``service.history.store.RedisPart``), rewritten whole with every full rewrite.
+        ``freshness``: the staleness inputs written into the catalog for replicas; ``observer``
         sees every successful flush; ``on_connect`` every (re)connection. The loop (task
         ``redis-mirror``) runs under ``supervisor`` (a private one if None), which restarts it
         after a crash (a bug: Redis errors are the loop's own to retry)."""
@@ -141,6 +161,7 @@ class RedisMirror:
         self._analytics_sent: dict[Chain, object] = {}  # per chain, the analytics Redis holds
         self._epoch_written: int | None = None  # the cache's layout_epoch as of the last successful write
         self._verified_at: float | None = None  # monotonic: when Redis last confirmed our run
+        self._parts = tuple(parts)
 
     def _catalog(self, run: str) -> Catalog:
         """The catalog of the cache's current layout (written with every full rewrite)."""
@@ -182,7 +203,7 @@ class RedisMirror:
         unsent = sum(1 for chain in cache.chains.values() if chain.analytics is not sent.get(chain))
         written = self._epoch_written
         relayout = written is not None and written != cache.layout_epoch
-        return len(cache.dirty) + self._in_flight + unsent + relayout
+        return len(cache.dirty) + self._in_flight + unsent + relayout + sum(p.pending for p in self._parts)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,7 +334,7 @@ class RedisMirror:
         epoch = cache.layout_epoch
         full = self._full or epoch != self._epoch_written
         taken, since = cache.take_dirty()
-        if not taken and not full and not self._analytics_changed():
+        if not taken and not full and not self._analytics_changed() and not any(p.pending for p in self._parts):
             return None
         monotonic = self._clock.monotonic
         started = monotonic()
@@ -427,9 +448,16 @@ class RedisMirror:
                     run, seq, chain.underlying, chain.expiry, full, meta, ist(chain.updated_at), changed, raw
                 ),
             )
+        staged = [(part, part.stage(pipe, full)) for part in self._parts]
         commands = len(pipe) + 2  # MULTI and EXEC
-        async with asyncio.timeout(self._settings.timeout_s):
-            await pipe.execute()
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                await pipe.execute()
+        except BaseException:
+            for part, token in staged:
+                if token is not None:
+                    part.failed(token)
+            raise
         self._generation, self._seq = generation, seq
         self._analytics_sent = written if full else {**self._analytics_sent, **written}
         return legs_n, len(by_chain), commands

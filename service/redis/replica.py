@@ -437,10 +437,15 @@ async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 f"from Redis: {follower.problem}"
             ) from None
 
+        from service.history.setup import open_replica_history  # the primary's samples, read from Redis
+
+        opened = open_replica_history(settings, clock)
+        if opened is not None:
+            stack.push_async_callback(close_client, opened[1], settings.redis.timeout_s, "replica history")
         app = make_app(
             HttpContext(
                 store, lifecycle, settings.http.cors_allow_origins, stream=StreamConfig.of(settings.http),
-                api_keys=api_keys,
+                api_keys=api_keys, history=opened[0] if opened is not None else None,
             ),
             outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
         )

@@ -4,7 +4,9 @@
 (uPlot, MIT, with its licence in ``static/vendor/uplot/``): no CDN, no build step, works offline.
 Files are read once with ``importlib.resources`` when the app is built and served from memory.
 The page reads ``/options/underlyings``, follows ``/options/stream`` and falls back to polling
-``/options/live`` with ``If-None-Match`` when the stream is unavailable.
+``/options/live`` with ``If-None-Match`` when the stream is unavailable. With history on it also
+charts the day from ``/options/history`` (once per sample interval, with ``If-None-Match``) and
+shows the chain at any sampled time from ``/options/live?at=``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 // order), read with fetch() so an API key can go in a header; falls back to polling /options/live
 // with If-None-Match when streaming is not possible.
 // Only the cells of changed legs are touched, so it stays usable at 250 strikes.
+// The day's history (/options/history) feeds intraday charts and a time control that shows the
+// chain as of any sampled time (/options/live?at=) while the stream keeps the live chain current
+// in the background, off screen, until "Back to live".
 "use strict";
 
 (function () {
@@ -14,7 +17,10 @@
   const CHART_MS = 1000;
 
   let underlyings = [];
-  let state = null; // the /options/live body, kept current
+  let live = null; // the /options/live body, kept current by the stream or the polls
+  let liveRows = new Map(); // strike → live's row object (deltas land there)
+  let state = null; // the body on screen: `live`, or the sample shown by the time control
+  let asOf = null; // null: showing live; else the time asked for (a sample's `t`, or ?at= from the URL)
   let rows = new Map(); // strike → {tr, ce: {col: td}, pe: {col: td}}
   let dirty = new Set(); // leg keys "strike:CE" to repaint; "*" = everything
   let painting = false;
@@ -137,7 +143,7 @@
 
   function start() {
     stop();
-    history.replaceState(null, "", "?" + query());
+    resetHistory(); // and back to live; writes the URL
     if (!canStream()) return poll(generation);
     stream(generation, null);
   }
@@ -215,8 +221,8 @@
 
   function onEvent(type, data, gen) {
     if (gen !== generation) return;
-    if (type === "snapshot") setState(JSON.parse(data));
-    else if (type === "delta") { if (state) applyDelta(JSON.parse(data)); }
+    if (type === "snapshot") setLive(JSON.parse(data));
+    else if (type === "delta") { if (live) applyDelta(JSON.parse(data)); }
     else if (type === "end") { stop(); loadUnderlyings().then(start); }
   }
 
@@ -228,7 +234,8 @@
       if (gen !== generation) return;
       if (resp.status === 200) {
         etag = resp.headers.get("ETag");
-        setState(await resp.json());
+        const body = await resp.json();
+        if (gen === generation) setLive(body);
       }
     } catch (err) {
       $("transport").textContent = "polling (retrying)";
@@ -248,20 +255,28 @@
     schedule();
   }
 
+  // The live chain changed: on screen only when showing live (the time control may show the past).
+  function setLive(body) {
+    live = body;
+    liveRows = new Map(body.strikes.map((r) => [r.strike, r]));
+    if (asOf === null) setState(body);
+  }
+
   function applyDelta(delta) {
     const legs = delta.legs || {};
     delete delta.legs;
-    Object.assign(state, delta);
+    Object.assign(live, delta);
+    const shown = asOf === null; // then state === live and the table's rows are live's rows
     for (const [key, leg] of Object.entries(legs)) {
       const i = key.lastIndexOf(":");
       const strike = parseFloat(key.slice(0, i));
       const side = key.slice(i + 1).toLowerCase();
-      const cells = rows.get(strike);
-      if (!cells) continue;
-      cells.data[side] = leg;
-      dirty.add(key);
+      const row = liveRows.get(strike);
+      if (!row) continue;
+      row[side] = leg;
+      if (shown) dirty.add(key);
     }
-    schedule();
+    if (shown) schedule();
   }
 
   // ------------------------------------------------------------------ rendering
@@ -312,7 +327,8 @@
       if (r.ce && r.ce.oi > max) max = r.ce.oi;
       if (r.pe && r.pe.oi > max) max = r.pe.oi;
     }
-    const all = dirty.has("*") || max !== maxOi;
+    const whole = dirty.has("*"); // a new body (snapshot, poll, a sampled time, back to live)
+    const all = whole || max !== maxOi;
     maxOi = max;
     const ref = state.forward ?? state.underlying_ltp;
     for (const [strike, cells] of rows) {
@@ -325,7 +341,7 @@
     dirty.clear();
     paintHeader();
     const now = Date.now();
-    if (now - chartsAt >= CHART_MS) { chartsAt = now; paintCharts(); }
+    if (whole || now - chartsAt >= CHART_MS) { chartsAt = now; paintCharts(); }
   }
 
   function paintLeg(cells, side, leg, ref) {
@@ -369,6 +385,12 @@
   function freshness() {
     const badge = $("fresh");
     if (!state) return;
+    if (asOf !== null) {
+      badge.className = "badge past";
+      badge.textContent = state === live ? "as of …" : `as of ${istTime(state.as_of)}`;
+      badge.title = `showing the chain as it was at ${state.as_of}; live updates are paused`;
+      return;
+    }
     const market = state.market || {};
     if (market.state && market.state !== "open") {
       badge.className = "badge closed";
@@ -414,10 +436,217 @@
     charts[2].setData([x, ceIv, peIv]);
   }
 
+  // ------------------------------------------------------------------ the day's history
+  // /options/history holds today's samples of this chain (one per history.interval_s). It is
+  // fetched once per interval with If-None-Match (a 304 when no sample was added), never per tick,
+  // and feeds the intraday charts and the time control's list of sample times. Missing values are
+  // null in the body and gaps in the charts. The time control shows /options/live?at=<sample
+  // time>: the body exactly as served at that sample. Meanwhile the stream (or the polls) keeps
+  // `live` current off screen, so "Back to live" shows the live chain at once.
+
+  const HIST_RETRY_MS = 5000; // an error: look again
+  const HIST_OFF_MS = 60000; // history is not served here (history.enabled = false): look again rarely
+  const IST_TIME = new Intl.DateTimeFormat("en-GB", { timeZone: "Asia/Kolkata", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+  const IST_MINUTE = new Intl.DateTimeFormat("en-GB", { timeZone: "Asia/Kolkata", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  const istTime = (iso) => (iso ? IST_TIME.format(new Date(Date.parse(iso))) : "–");
+  // x ticks in IST: hh:mm, with seconds only when the ticks are less than a minute apart.
+  const timeTicks = (u, splits, axis, space, incr) => splits.map((v) => (v === null ? "" : (incr % 60 === 0 ? IST_MINUTE : IST_TIME).format(new Date(v * 1e3))));
+  const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+  const compact = (u, vals) => vals.map((v) => (v === null ? "" : Math.abs(v) >= 1e7 ? (v / 1e7).toFixed(1) + "Cr"
+    : Math.abs(v) >= 1e5 ? (v / 1e5).toFixed(1) + "L" : Math.abs(v) >= 1e3 ? (v / 1e3).toFixed(0) + "k" : String(v)));
+  // [element id, series labels and colours, y values formatter, value of a point per series]
+  const HIST_CHARTS = [
+    ["hist-underlying", [["spot", "#1f6feb"], ["forward", "#8250df"]], undefined, [(p) => p.underlying_ltp, (p) => p.forward]],
+    ["hist-straddle", [["ATM straddle", "#bf8700"]], undefined, [(p) => p.atm_straddle]],
+    ["hist-pcr", [["PCR OI", "#1f6feb"], ["PCR volume", "#8250df"]], undefined, [(p) => p.pcr_oi, (p) => p.pcr_volume]],
+    ["hist-oi", [["CE", "#d9534f"], ["PE", "#2e7d32"]], compact, [(p) => p.ce && p.ce.oi, (p) => p.pe && p.pe.oi]],
+    ["hist-oichg", [["CE", "#d9534f"], ["PE", "#2e7d32"]], compact, [(p) => p.ce && p.ce.oi_change, (p) => p.pe && p.pe.oi_change]],
+  ];
+
+  let hist = null; // {interval_s, t: [ISO], x: [epoch s]} of the chain shown
+  let histEtag = null, histTimer = null, histGen = 0, histCharts = null;
+  let asOfSeq = 0, slideTimer = null;
+
+  function resetHistory() {
+    histGen += 1;
+    if (histTimer) { clearTimeout(histTimer); histTimer = null; }
+    histEtag = null;
+    hist = null;
+    if (histCharts) { for (const u of histCharts) u.destroy(); histCharts = null; }
+    HIST_CHARTS.forEach(([id]) => { delete $(id).dataset.points; });
+    asOf = null;
+    asOfSeq += 1;
+    $("intraday").hidden = true;
+    $("timebar").hidden = true;
+    paintMode();
+    refreshHistory(histGen);
+  }
+
+  // Samples are taken on the interval's boundaries (whole minutes at 60 s): ask just after the next.
+  const nextSampleMs = (interval_s) => {
+    const ms = interval_s * 1000;
+    return ms - (Date.now() % ms) + Math.min(2000, ms / 4);
+  };
+
+  async function refreshHistory(gen) {
+    let wait = hist ? nextSampleMs(hist.interval_s) : HIST_RETRY_MS;
+    try {
+      const resp = await apiFetch("/options/history?" + query(), { headers: histEtag ? { "If-None-Match": histEtag } : {} });
+      if (gen !== histGen) return;
+      if (resp.status === 200) {
+        const etagNow = resp.headers.get("ETag");
+        const body = await resp.json();
+        if (gen !== histGen) return;
+        histEtag = etagNow;
+        setHistory(body);
+        wait = nextSampleMs(hist.interval_s);
+      } else if (resp.status !== 304) {
+        // 404 history_off: history is off on this service (a chain with no sample yet is a 200
+        // with no points); an older service: 404 too. A 5xx may pass: try again soon.
+        wait = resp.status >= 500 ? HIST_RETRY_MS : HIST_OFF_MS;
+      }
+    } catch (err) {
+      if (gen !== histGen) return; // network trouble: try again
+    }
+    if (gen === histGen) histTimer = setTimeout(() => { histTimer = null; refreshHistory(gen); }, Math.max(250, wait));
+  }
+
+  function setHistory(body) {
+    const points = body.points || [];
+    hist = { interval_s: body.interval_s > 0 ? body.interval_s : 60, t: points.map((p) => p.t), x: points.map((p) => Date.parse(p.t) / 1000) };
+    $("intraday").hidden = false;
+    const datasets = HIST_CHARTS.map(([, , , getters]) => [hist.x, ...getters.map((get) => points.map((p) => num(get(p))))]);
+    if (!histCharts) {
+      histCharts = HIST_CHARTS.map(([id, series, values], i) => makeHistChart($(id), series, values, datasets[i]));
+    } else {
+      histCharts.forEach((u, i) => u.setData(datasets[i]));
+    }
+    HIST_CHARTS.forEach(([id]) => { $(id).dataset.points = String(points.length); });
+    fillTimes();
+  }
+
+  function makeHistChart(el, series, values, data) {
+    el.innerHTML = "";
+    const width = Math.max(240, (el.parentElement.clientWidth || 300) - 10);
+    const u = new uPlot({
+      width, height: 150, legend: { show: true },
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Asia/Kolkata"),
+      cursor: { sync: { key: "intraday" }, drag: { x: false, y: false } },
+      scales: { x: { time: true } },
+      axes: [{ values: timeTicks }, { size: 56, values }],
+      series: [{ label: "IST", value: (u, v) => (v === null ? "--" : IST_TIME.format(new Date(v * 1e3))) }, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5 }))],
+      hooks: { draw: [drawAsOf] },
+    }, data, el);
+    // A click picks that sample for the time control.
+    u.over.addEventListener("click", () => { if (hist && u.cursor.idx !== null && u.cursor.idx !== undefined) showAt(hist.t[u.cursor.idx]); });
+    u.over.style.cursor = "pointer";
+    return u;
+  }
+
+  // The sample shown by the time control, as a dashed line on the intraday charts.
+  function drawAsOf(u) {
+    const i = shownIndex();
+    if (i < 0) return;
+    const x = Math.round(u.valToPos(hist.x[i], "x", true));
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = "#8250df";
+    ctx.lineWidth = 2 * (window.devicePixelRatio || 1);
+    ctx.setLineDash([5, 4]);
+    ctx.beginPath();
+    ctx.moveTo(x, u.bbox.top);
+    ctx.lineTo(x, u.bbox.top + u.bbox.height);
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  // Index of the last sample at or before asOf (-1: live, or none).
+  function shownIndex() {
+    if (asOf === null || !hist) return -1;
+    const at = Date.parse(asOf) / 1000;
+    let i = hist.x.length - 1;
+    while (i >= 0 && hist.x[i] > at) i -= 1;
+    return i;
+  }
+
+  function fillTimes() {
+    const n = hist ? hist.t.length : 0;
+    const slider = $("timeslider");
+    $("timebar").hidden = n === 0 && asOf === null;
+    slider.max = String(n); // n: the right end, live
+    if (!slideTimer) slider.value = String(asOf === null ? n : Math.max(0, shownIndex()));
+  }
+
+  $("timeslider").addEventListener("input", () => {
+    const i = Number($("timeslider").value);
+    const n = hist ? hist.t.length : 0;
+    $("timelabel").textContent = i >= n ? "live" : istTime(hist.t[i]);
+    // Dragging across many samples asks for the one it rests on, not each.
+    if (slideTimer) clearTimeout(slideTimer);
+    slideTimer = setTimeout(() => { slideTimer = null; if (i >= n) goLive(); else showAt(hist.t[i]); }, 150);
+  });
+
+  $("golive").addEventListener("click", () => goLive());
+
+  async function showAt(t) {
+    const seq = ++asOfSeq;
+    asOf = t;
+    paintMode("loading…");
+    let resp, body = null;
+    try {
+      resp = await apiFetch("/options/live?" + query() + "&at=" + encodeURIComponent(t));
+      body = await resp.json();
+    } catch (err) {
+      if (seq === asOfSeq) paintMode("could not load that time");
+      return;
+    }
+    if (seq !== asOfSeq) return; // superseded: another time, back to live, or another chain
+    if (resp.status !== 200) {
+      paintMode((body && body.error && body.error.message) || `HTTP ${resp.status}`);
+      return;
+    }
+    setState(body);
+    paintMode();
+  }
+
+  function goLive() {
+    asOfSeq += 1;
+    if (asOf === null) return;
+    asOf = null;
+    if (live) setState(live);
+    paintMode();
+  }
+
+  // Show which chain is on screen: live, or the past (the sample's time and the chain's as_of).
+  function paintMode(note) {
+    const past = asOf !== null;
+    document.body.classList.toggle("past", past);
+    $("golive").hidden = !past;
+    $("pastnote").hidden = !past;
+    $("timebar").dataset.at = past ? asOf : "";
+    if (past) {
+      const i = shownIndex();
+      $("timelabel").textContent = istTime(i >= 0 ? hist.t[i] : asOf);
+      $("pastnote").textContent = note || `showing the chain as of ${istTime(state && state.as_of)} IST; live updates paused`;
+    } else {
+      $("timelabel").textContent = "live";
+    }
+    fillTimes();
+    if (histCharts) for (const u of histCharts) u.redraw(false);
+    if (!note) freshness();
+    showUrl();
+  }
+
+  function showUrl() {
+    history.replaceState(null, "", "?" + query() + (asOf !== null ? "&at=" + encodeURIComponent(asOf) : ""));
+  }
+
   // ------------------------------------------------------------------ wiring
 
-  $("underlying").addEventListener("change", () => { fillExpiries(null); state = null; start(); });
-  $("expiry").addEventListener("change", () => { state = null; start(); });
+  $("underlying").addEventListener("change", () => { fillExpiries(null); state = live = null; start(); });
+  $("expiry").addEventListener("change", () => { state = live = null; start(); });
   setInterval(freshness, 1000);
-  loadUnderlyings().then(start).catch((err) => { $("transport").textContent = "cannot load /options/underlyings: " + err; });
+  // A link to a past time (a "+" of the offset typed unencoded reads as a space).
+  const wantedAt = (new URLSearchParams(location.search).get("at") || "").replace(/ /g, "+") || null;
+  loadUnderlyings().then(() => { start(); if (wantedAt) showAt(wantedAt); }).catch((err) => { $("transport").textContent = "cannot load /options/underlyings: " + err; });
 })();
