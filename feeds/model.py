@@ -13,6 +13,8 @@ from enum import IntEnum, StrEnum
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeAlias
 
+import numpy as np
+
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
 
 
@@ -189,8 +191,8 @@ Tick: TypeAlias = TradeTick | QuoteTick | FullTick | OpenInterestTick | PrevClos
 
 # --------------------------------------------------------------------------- batches
 # A broker adapter that decodes many Full packets at once (Dhan's batch path, feeds.dhan.batch)
-# hands them over column by column instead of one FullTick per packet: the cache stores each
-# column's values straight into its legs, with no intermediate object per tick.
+# hands them over column by column instead of one FullTick per packet: numpy columns that the
+# cache assigns into its own columns (service.core.cache) with no Python object per value.
 
 
 def pack_key(key: InstrumentKey) -> int:
@@ -207,37 +209,73 @@ def unpack_key(packed: int) -> InstrumentKey:
 FULL_BATCH_COLUMNS = (
     "ltp", "ltq", "ltt", "atp", "volume", "oi", "open", "close", "high", "low", "bid", "bid_qty", "ask", "ask_qty",
 )  # fmt: skip
+# The same columns as the batch keeps them: prices as float64 (NaN: not sent), quantities and
+# times as int64 (MISSING_INT: not sent).
+BATCH_PRICES = ("ltp", "atp", "open", "close", "high", "low", "bid", "ask")
+BATCH_INTS = ("ltq", "ltt", "volume", "oi", "bid_qty", "ask_qty")
+MISSING_INT = -(2**63)  # an int64 no feed sends: "not sent" in int64 columns
+_PRICE_AT = [FULL_BATCH_COLUMNS.index(name) for name in BATCH_PRICES]
+_INT_AT = [FULL_BATCH_COLUMNS.index(name) for name in BATCH_INTS]
+
+
+def _int_column(values: Sequence[Any]) -> Any:
+    return np.array([MISSING_INT if v is None else v for v in values], dtype=np.int64)
 
 
 class FullTickBatch:
-    """Full ticks received together: tick i is row i of every column, all received at ``received_at``.
+    """Full ticks received together: tick i is column i of ``prices`` and ``ints``, all received at ``received_at``.
 
-    Values are exactly what the FullTicks would hold (Python floats and ints, ``None`` for not
-    sent). ``keys`` holds ``pack_key`` of each tick's instrument, as a sequence of ints (a numpy
-    int64 array from the decoder); ``columns`` is one list per name in ``FULL_BATCH_COLUMNS``.
-    ``ticks()`` turns the batch into the FullTicks it stands for, for sinks that want ticks.
+    ``keys`` holds ``pack_key`` of each tick's instrument (int64 array); ``prices`` is a float64
+    array of shape (8, n) in ``BATCH_PRICES`` order, NaN where not sent; ``ints`` an int64 array
+    (6, n) in ``BATCH_INTS`` order, ``MISSING_INT`` where not sent. ``ticks()`` turns the batch
+    into the FullTicks it stands for (Python floats and ints, ``None`` for not sent), for sinks
+    that want ticks. The constructor also takes ``columns`` as Python lists in
+    ``FULL_BATCH_COLUMNS`` order (``None`` for not sent); ``from_arrays`` takes the arrays as they are.
     """
 
-    __slots__ = ("keys", "columns", "total_sell_qty", "total_buy_qty", "received_at")
+    __slots__ = ("keys", "prices", "ints", "total_sell_qty", "total_buy_qty", "received_at")
 
     def __init__(
         self,
         keys: Sequence[int],
-        columns: Sequence[list[Any]],
+        columns: Sequence[Sequence[Any]],
         total_sell_qty: Sequence[int],
         total_buy_qty: Sequence[int],
         received_at: float,
     ) -> None:
         if len(columns) != len(FULL_BATCH_COLUMNS) or any(len(c) != len(keys) for c in columns):
             raise ValueError(f"a FullTickBatch needs {len(FULL_BATCH_COLUMNS)} columns of {len(keys)} values")
-        self.keys = keys
-        self.columns = columns
+        self.keys = np.asarray(keys, dtype=np.int64)
+        self.prices = np.array([list(columns[i]) for i in _PRICE_AT], dtype=np.float64).reshape(8, len(keys))
+        self.ints = np.array([_int_column(columns[i]) for i in _INT_AT], dtype=np.int64).reshape(6, len(keys))
         self.total_sell_qty = total_sell_qty
         self.total_buy_qty = total_buy_qty
         self.received_at = received_at
 
+    @classmethod
+    def from_arrays(cls, keys: Any, prices: Any, ints: Any, total_sell_qty: Any, total_buy_qty: Any,
+                    received_at: float) -> FullTickBatch:  # fmt: skip
+        """A batch over the decoder's arrays (no copy): see the class docstring for their shapes."""
+        if prices.shape != (len(BATCH_PRICES), len(keys)) or ints.shape != (len(BATCH_INTS), len(keys)):
+            raise ValueError(f"a FullTickBatch needs (8, {len(keys)}) prices and (6, {len(keys)}) ints")
+        batch = cls.__new__(cls)
+        batch.keys, batch.prices, batch.ints = keys, prices, ints
+        batch.total_sell_qty, batch.total_buy_qty, batch.received_at = total_sell_qty, total_buy_qty, received_at
+        return batch
+
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def columns(self) -> list[list[Any]]:
+        """The columns as Python lists in ``FULL_BATCH_COLUMNS`` order, ``None`` for not sent."""
+        prices = self.prices.astype(object)
+        prices[np.isnan(self.prices)] = None
+        ints = self.ints.astype(object)
+        ints[self.ints == MISSING_INT] = None
+        ltp, atp, o, c, h, lo, bid, ask = prices.tolist()
+        ltq, ltt, volume, oi, bid_qty, ask_qty = ints.tolist()
+        return [ltp, ltq, ltt, atp, volume, oi, o, c, h, lo, bid, bid_qty, ask, ask_qty]
 
     def ticks(self) -> list[FullTick]:
         """The FullTicks this batch stands for, in order."""
@@ -248,5 +286,5 @@ class FullTickBatch:
         return [
             FullTick(unpack_key(int(k)), ltp[i], ltq[i], ltt[i], atp[i], volume[i], int(sell[i]), int(buy[i]), oi[i],
                      o[i], c[i], h[i], lo[i], bid[i], bid_qty[i], ask[i], ask_qty[i], at)
-            for i, k in enumerate(self.keys)
+            for i, k in enumerate(self.keys.tolist())
         ]  # fmt: skip

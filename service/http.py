@@ -7,11 +7,13 @@ handlers serve both. Errors are JSON ``{"error": {"code", "message"}}`` with a 4
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from service.listen import bind_socket, connection_budget, guarded_server
 from service.settings import HttpSettings
 
 if TYPE_CHECKING:
+    from service.metrics import HttpMetrics
     from service.history.store import HistorySource
     from service.stream import StreamConfig
 
@@ -151,29 +154,28 @@ _LIVE_TARGETS: dict[str, tuple[str, dt.date | None]] = {}
 _LIVE_TARGETS_MAX = 1024
 
 
-def _known_target(request: web.Request) -> ChainSnapshot | None:
-    """The snapshot a known plain target names now; None: not known, or answering needs the full path."""
-    named = _LIVE_TARGETS.get(request.raw_path)
-    if named is None:
-        return None
-    chains = request.app[CONTEXT].chains
-    underlying, expiry = named
-    if expiry is None:
-        expiry = chains.nearest_expiry(underlying)
-        if expiry is None:
-            return None  # the full path says why (404 no_expiry or unknown_underlying)
-    return chains.snapshot(underlying, expiry)
+def live_handler(chains: ChainSource) -> Handler:
+    """``/options/live`` over ``chains``, built once per app: a known plain target (``_LIVE_TARGETS``)
+    goes straight to its chain's snapshot; anything else (or a chain that is gone) takes the full
+    path, with every check and error."""
+    targets = _LIVE_TARGETS
 
-
-async def options_live(request: web.Request) -> web.StreamResponse:
-    snap = _known_target(request)
-    if snap is None:
+    async def options_live(request: web.Request) -> web.StreamResponse:
+        named = targets.get(request.raw_path)
+        if named is not None:
+            underlying, expiry = named
+            if expiry is None:
+                expiry = chains.nearest_expiry(underlying)  # None: the full path says why (404)
+            snap = None if expiry is None else chains.snapshot(underlying, expiry)
+            if snap is not None:
+                etag = snap.etag
+                headers = {"ETag": etag, "Cache-Control": "no-cache"}
+                if not_modified(request, etag):
+                    return web.Response(status=304, headers=headers)
+                return web.Response(body=snap.body, headers=headers, content_type="application/json")
         return await _options_live(request)
-    etag = snap.etag
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=snap.body, headers=headers, content_type="application/json")
+
+    return options_live
 
 
 async def _options_live(request: web.Request) -> web.StreamResponse:
@@ -234,6 +236,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return _json(body, 200 if lc.serving else 503)
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -243,8 +248,45 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+
+
+def counted_errors_middleware(http_metrics: HttpMetrics) -> Middleware:
+    """``http_metrics.middleware()`` around ``errors_middleware`` as one layer (one call per request
+    instead of two; aiohttp adds a layer of its own whenever there are middlewares): the same
+    answers, and the same counts (route pattern, final status, 499 for a client gone)."""
+    from service.metrics import path_route
+
+    record = http_metrics.record
+    perf_counter = time.perf_counter
+
+    @web.middleware
+    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else await path_route(request)
+        status = 500  # an exception that escapes every handler becomes aiohttp's 500
+        try:
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.code, exc.message)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # nginx's "client closed request": no response was sent
+            raise
+        finally:
+            record(route, status, perf_counter() - start)
+
+    return serve
 
 
 def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -282,9 +324,12 @@ def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = 
     if context.cors_allow_origins:
         middlewares.insert(0, cors_middleware(context.cors_allow_origins))
     middlewares[:0] = outer_middlewares
+    counting = getattr(middlewares[-2], "http_metrics", None) if len(middlewares) >= 2 else None
+    if counting is not None:  # the metrics middleware right around the errors one: one layer for both
+        middlewares[-2:] = [counted_errors_middleware(counting)]
     app = web.Application(middlewares=middlewares)
     app[CONTEXT] = context
-    app.router.add_get("/options/live", options_live)
+    app.router.add_get("/options/live", live_handler(context.chains))
     app.router.add_get("/options/underlyings", options_underlyings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -110,14 +110,17 @@ class HttpMetrics:
         return hits / (ok + hits) if ok + hits else None
 
     def middleware(self) -> Middleware:
+        """The middleware counting every request (outermost: it must see final statuses).
+        ``service.http.make_app`` runs it fused with its error middleware (one layer, same counts)
+        when nothing sits between them; ``http_metrics`` tells it whose counts these are."""
         record = self.record
+        perf_counter = time.perf_counter
 
         @web.middleware
         async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-            start = time.perf_counter()
-            # The route's pattern, never the raw path: unknown paths must not mint new series.
+            start = perf_counter()
             resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else await _path_route(request)
+            route = resource.canonical if resource is not None else await path_route(request)
             status = 500  # an exception that escapes every handler becomes aiohttp's 500
             try:
                 response = await handler(request)
@@ -130,14 +133,16 @@ class HttpMetrics:
                 status = 499  # nginx's "client closed request": no response was sent
                 raise
             finally:
-                record(route, status, time.perf_counter() - start)
+                record(route, status, perf_counter() - start)
 
+        observe.http_metrics = self  # type: ignore[attr-defined]
         return observe
 
 
-async def _path_route(request: web.Request) -> str:
+async def path_route(request: web.Request) -> str:
     """The pattern of the route whose path matched when its method did not (a 405, a CORS
-    preflight), else ``unmatched``: still never the raw path."""
+    preflight), else ``unmatched``: still never the raw path (the counting middleware's label
+    for requests no route took)."""
     for resource in request.app.router.resources():
         _, allowed = await resource.resolve(request)
         if allowed:

@@ -22,7 +22,7 @@ from feeds.dhan.codec import decode_into, encode
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import IST_OFFSET_S, FeedMode, FullPacket, OIPacket, QuotePacket
 from feeds.model import ChainSkeleton, FullTickBatch, InstrumentKey, Tick, pack_key
-from service.core.cache import ChainCache, Leg
+from service.core.cache import FLOAT_FIELDS, INT_FIELDS, ChainCache, Leg
 from service.core.ingest import Ingest
 from service.core.lifecycle import Lifecycle, Phase
 from tests.conftest import NOW, TODAY
@@ -109,7 +109,7 @@ def test_frames_that_are_not_all_well_formed_full_packets_are_left_to_the_per_pa
 
 
 def _leg_state(leg: Leg) -> tuple:
-    return tuple(getattr(leg, name) for name in Leg.__slots__ if name not in ("contract", "chains", "doc", "dhan"))
+    return tuple(getattr(leg, name) for name in (*FLOAT_FIELDS, *INT_FIELDS, "seen", "stale"))
 
 
 def _cache_state(cache: ChainCache) -> dict:

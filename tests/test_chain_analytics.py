@@ -300,3 +300,26 @@ def test_seed_fills_only_what_the_feed_has_not_sent(cache: ChainCache) -> None:
     assert leg in cache.dirty and other in cache.dirty
     version = chain.version
     assert cache.seed([LegSeed(other.key, 1, 1.0, 1, None)]) == 0 and chain.version == version  # nothing new
+
+
+def test_leg_values_kept_as_arrays_read_as_the_mapping_they_stand_for() -> None:
+    """Float values with a known source are kept as arrays (``LegTable``); anything else (None,
+    an int, another source) stays the dict it was given. Both read, compare and serialise alike."""
+    from service.analytics.compute import LegTable
+
+    legs = {(24900.0, "CE"): (12.5, 0.61, 0.0012, -8.25, 9.5, "livechain"),
+            (24900.0, "PE"): (13.0, -0.39, 0.0012, -7.0, -0.0, "dhan"),
+            (25000.0, "PE"): (1e-300, -1.0, 0.0, -0.0, 1e300, "livechain")}  # fmt: skip
+    table = ChainAnalytics(NOW, {}, legs)
+    assert isinstance(table.legs, LegTable)
+    assert repr(list(table.legs.items())) == repr(list(legs.items()))
+    assert table.legs == legs and dict(table.legs) == legs and len(table.legs) == 3
+    assert table.legs[(24900.0, "PE")] == legs[(24900.0, "PE")] and (25000.0, "CE") not in table.legs
+    with pytest.raises(KeyError):
+        table.legs[(25000.0, "CE")]
+    assert ChainAnalytics.from_json(table.to_json()) == table
+    for odd in ((None, 0.5, 0.1, -1.0, 2.0, "livechain"), (12, 0.5, 0.1, -1.0, 2.0, "dhan"),
+                (12.0, 0.5, 0.1, -1.0, 2.0, "other")):  # fmt: skip
+        kept = ChainAnalytics(NOW, {}, {**legs, (25100.0, "CE"): odd})
+        assert type(kept.legs) is dict and kept.legs[(25100.0, "CE")] == odd
+        assert repr(list(orjson.loads(kept.to_json())["legs"].values())[-1]) == repr(list(odd))

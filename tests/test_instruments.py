@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import io
 import logging
 import socket
 from pathlib import Path
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from feeds.dhan.instruments import REQUIRED_COLUMNS, load_scrip_master, parse_scrip_master
+from feeds.dhan.instruments import REQUIRED_COLUMNS, _parse, _parse_rows, load_scrip_master, parse_scrip_master
 from feeds.errors import InstrumentMasterError
 from feeds.model import OptionType, Segment
 
@@ -206,6 +210,97 @@ def test_blank_lines_are_not_rows() -> None:
     sk = parse(NIFTY_INDEX, "", option(), "")
     assert sk.report.rows_total == 2
     assert sk.report.rows_malformed == 0
+
+
+# --------------------------------------------------------------------------- lines skipped unparsed
+
+
+class _CsvRows:
+    """The reference reading: every line through one ``csv.reader``, nothing skipped."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.reader = csv.reader(lines)
+        self.skipped = 0
+        self.width = 0
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return iter(self.reader)
+
+
+def _outcome(run) -> tuple:
+    """(skeleton, report, paise ticks) of a parse, or the text of the error it raised."""
+    try:
+        skeleton, tally = run()
+    except InstrumentMasterError as exc:
+        return ("error", str(exc))
+    return ("ok", skeleton, tally.report(), tally.paise_ticks)
+
+
+def _reference(lines: list[str], symbols: list[str]) -> tuple:
+    rows = _CsvRows(lines)
+    try:
+        return _outcome(lambda: _parse_rows(rows, symbols))
+    except csv.Error as exc:
+        return ("error", f"scrip master is not a readable CSV at line {rows.line_num}: {exc}")
+
+
+_LINES = [
+    NIFTY_INDEX,
+    "NSE,I,25,NA,INDEX,25,BANKNIFTY,BANKNIFTY,Nifty Bank,INDEX,X,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    option(),
+    option(sid="58549", side="PE"),
+    option(sid="58550", strike="25850.00000", expiry="2024-10-31 14:30:00", tick="5.0000"),
+    option(sid="58551", strike="abc"),  # malformed
+    option(sid="x1"),  # malformed
+    option(sid="58552", und=" NIFTY "),  # used: the field is stripped
+    option(sid="60001", und="BANKNIFTY"),
+    option(sid="60002", und="MIDCPNIFTY"),  # holds "NIFTY", not a configured symbol
+    option(sid="60003", und="RELIANCE"),
+    "NSE,E,2885,INE002A01018,EQUITY,,,RELIANCE,Reliance Industries,ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    "NSE,D,35001,NA,FUTIDX,13,NIFTY,NIFTY-Oct2024-FUT,NIFTY FUT,FUT,NA,25.0,2024-10-31,-0.01000,XX,0.1000,M",
+    "NSE,E,3045,INE062A01020,EQUITY,,,SBIN,\"State Bank, of India\",ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    "NSE,E,3046,INE062A01021,EQUITY,,,SBI2,\"two\nlines, NIFTY\",ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    "NSE,E,3047,NA,EQUITY,,,ODD,quote\"inside,ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    "NSE,E,3048,NA,\"EQUITY\nx\",,,ODD2",  # a quoted break, then too few fields
+    "NSE,E,3049,NA,EQUITY,,,SHORT",  # too few fields: malformed whoever's it is
+    "NSE,E,3050,NA,EQUITY,,,LONG," + "x" * 300 + ",ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",  # over the limit
+    "NSE,E,3051,NA,EQUITY,,,TAB,\t,ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA,extra,columns",
+    "NSE,E,3052,NA,EQUITY,,,BREAK\rINSIDE,ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA",
+    "NSE,E,3053,NA,EQUITY,,,ML,ES,EQ,1.0,0001-01-01,-0.01000,XX,0.0500,NA,\"multi\nline, NIFTY\"",
+    "NSE,D,58560,NA,OPTIDX,13,NIFTY,NIFTY,\"NIFTY 03 OCT, 25900 CALL\",OP,NA,25.0,2024-10-03,25900.00000,CE,0.0500,W",
+    "",
+    " ",
+    "\"unterminated,NIFTY",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(_LINES) - 1), max_size=30),
+    ends=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1, max_size=3),
+    symbols=st.sampled_from([["NIFTY"], ["NIFTY", "BANKNIFTY"], ["BANKNIFTY"], ["MIDCPNIFTY", "RELIANCE"]]),
+)
+def test_lines_skipped_unparsed_read_as_csv_reads_them(picks: list[int], ends: list[str], symbols: list[str]) -> None:
+    """Whatever mix of quoted fields, breaks inside quotes, short, long, blank and other
+    underlyings' rows: the loader's result (skeleton, counts, malformed samples with their line
+    numbers, or the error and its line) is what one csv.reader over every line gives, for a file
+    (lines broken by ``newline=""``) and for a list of lines."""
+    body = [_LINES[i] for i in picks]
+    text = "".join(line + ends[i % len(ends)] for i, line in enumerate([HEADER, *body]))
+    limit = csv.field_size_limit(200)  # the 300-character field is over it
+    try:
+        from_file = list(io.StringIO(text, newline=""))
+        expected = _reference(from_file, symbols)
+        assert _outcome(lambda: _parse(io.StringIO(text, newline=""), symbols, whole_lines=True)) == expected
+        assert _outcome(lambda: _parse(from_file, symbols)) == expected
+        as_list = [HEADER, *body]  # a caller's own lines: no terminators, breaks may sit inside
+        assert _outcome(lambda: _parse(as_list, symbols)) == _reference(as_list, symbols)
+    finally:
+        csv.field_size_limit(limit)
 
 
 # --------------------------------------------------------------------------- fatal errors

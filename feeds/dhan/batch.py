@@ -4,16 +4,16 @@ Options subscribed in Full mode (everything the service streams but the indices)
 162-byte Full packet per WebSocket frame. Decoding them one at a time costs a ``struct``
 unpack, a packet tuple and a tick tuple per packet, more than the socket's own work per frame;
 here the frames of one batch are joined and read as one structured array, every price of a
-column is rounded to its instrument's tick in one vectorised expression, and each column comes
-out as one list of Python values (``feeds.model.FullTickBatch``), which the cache stores into
-its legs. The result is value for value what ``codec.decode_into`` + ``Normalizer`` make of the
+column is rounded to its instrument's tick in one vectorised expression, and the batch comes
+out as numpy columns (``feeds.model.FullTickBatch``: prices float64 with NaN for not sent,
+quantities and times int64 with ``MISSING_INT``), which the cache assigns into its own columns. The result is value for value what ``codec.decode_into`` + ``Normalizer`` make of the
 same frames (``tests/test_batch.py`` proves it on random and hostile frames):
 
 * prices: the same IEEE operations as the scalar path, ``(p * n + M - M) / n`` with ``p`` the
   float32 widened to float64 and ``n`` the instrument's tick inverse, so every bit is equal;
-  a price that is not > 0 (0, negative, NaN) is ``None``;
-* ``ltt``: the wire's IST seconds minus 5h30m, ``None`` when not > 0;
-* bid/ask quantity: level 1 of the depth, ``None`` beside a missing bid/ask price.
+  a price that is not > 0 (0, negative, NaN) is not sent (``None`` in ``ticks()``);
+* ``ltt``: the wire's IST seconds minus 5h30m, not sent when not > 0;
+* bid/ask quantity: level 1 of the depth, not sent beside a missing bid/ask price.
 
 What does not fit a column is left to the per-packet path by the caller: a batch whose frames
 are not all well-formed Full packets (``decode_full_frames`` returns ``None``), and packets of
@@ -31,7 +31,7 @@ import numpy as np
 from feeds.dhan.codec import decode_packet
 from feeds.dhan.normalize import Normalizer
 from feeds.dhan.packets import FULL, IST_OFFSET_S, ResponseCode
-from feeds.model import FullTickBatch, Tick, unpack_key
+from feeds.model import MISSING_INT, FullTickBatch, Tick, unpack_key
 from feeds.prices import ROUNDER
 
 FULL_SIZE = FULL.size  # 162
@@ -55,26 +55,10 @@ assert FULL_DTYPE.itemsize == FULL.size
 
 _FULL_CODE = int(ResponseCode.FULL)
 _M = ROUNDER
+_MISSING = np.int64(MISSING_INT)
 
 
 _PRICES = ("ltp", "atp", "open", "close", "high", "low", "bid", "ask")
-
-
-def _column(values: Any, valid: Any) -> list[Any]:
-    """``values`` as Python numbers, None where not ``valid``, in as few Python steps as the mix allows."""
-    missing = np.flatnonzero(~valid)
-    if not len(missing):
-        return values.tolist()  # type: ignore[no-any-return]
-    if len(missing) == len(values):
-        return [None] * len(values)
-    if len(missing) * 4 < len(values):  # a few gaps (illiquid legs): fill them one by one
-        out: list[Any] = values.tolist()
-        for i in missing.tolist():
-            out[i] = None
-        return out
-    mixed = values.astype(object)
-    mixed[missing] = None
-    return mixed.tolist()  # type: ignore[no-any-return]
 
 
 def decode_full_frames(
@@ -108,18 +92,20 @@ def decode_full_frames(
     for i, name in enumerate(_PRICES):
         raw[i] = a[name]
     valid = raw > 0.0
-    with np.errstate(all="ignore"):  # NaN and inf prices are data here (None and inf), not errors
+    with np.errstate(all="ignore"):  # NaN and inf prices are data here (not sent and inf), not errors
         prices = (raw * n + _M - _M) / n
-    if valid.all():
-        ltp, atp, o, c, h, lo, bid, ask = prices.tolist()
-    else:
-        ltp, atp, o, c, h, lo, bid, ask = map(_column, prices, valid)
-    ltt = a["ltt"].astype(np.int64) - IST_OFFSET_S
-    columns = (
-        ltp, a["ltq"].tolist(), _column(ltt, ltt > 0), atp, a["volume"].tolist(), a["oi"].tolist(), o, c, h, lo,
-        bid, _column(a["bid_qty"], valid[6]), ask, _column(a["ask_qty"], valid[7]),
-    )  # fmt: skip
-    return FullTickBatch(keys, columns, a["total_sell_qty"], a["total_buy_qty"], received_at)
+    if not valid.all():
+        prices[~valid] = np.nan
+    ints = np.empty((6, len(a)), dtype=np.int64)
+    ints[0] = a["ltq"]
+    ints[1] = a["ltt"]
+    ints[1] -= IST_OFFSET_S
+    ints[1][ints[1] <= 0] = MISSING_INT
+    ints[2] = a["volume"]
+    ints[3] = a["oi"]
+    ints[4] = np.where(valid[6], a["bid_qty"], _MISSING)
+    ints[5] = np.where(valid[7], a["ask_qty"], _MISSING)
+    return FullTickBatch.from_arrays(keys, prices, ints, a["total_sell_qty"], a["total_buy_qty"], received_at)
 
 
 def _not_fast(data: bytes, keys: Any, found: Any, normalize: Normalizer, received_at: float, slow: list[Tick]) -> None:

@@ -21,10 +21,11 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import itertools
+import re
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 
 from feeds.errors import InstrumentMasterError
@@ -149,28 +150,105 @@ def parse_scrip_master(lines: Iterable[str], underlyings: Sequence[str]) -> Chai
     return _parse(lines, underlyings)[0]
 
 
-def _parse(lines: Iterable[str], underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
+class _Rows:
+    """The rows of ``lines`` as ``csv.reader`` reads them, less the rows that cannot be used,
+    which are only counted (``skipped``): most of a ~200-400k-row file belongs to other
+    underlyings, and telling so from the raw line is several times cheaper than csv's parse.
+
+    After the header (``width`` is then set by the caller), a line is skipped unparsed when
+    csv would read it as plain comma-separated fields (no quote; no line break but its end; not
+    longer than ``csv.field_size_limit()``, so csv could neither join it with the next line nor
+    reject it), it has the ``width`` fields a row needs (a shorter row is malformed, whoever's
+    it is) and none of ``symbols`` occurs in it: a row is used only when one of its fields,
+    stripped, is a configured symbol. Every other line is read by ``csv.reader``, one record
+    at a time (a record may span lines). ``line_num`` counts physical lines read, as
+    ``csv.reader.line_num`` does. ``whole_lines``: ``lines`` come from a file or ``StringIO``
+    opened with ``newline=""``, which only ever breaks a line at its end (else it is checked).
+    """
+
+    def __init__(self, lines: Iterable[str], symbols: Sequence[str], *, whole_lines: bool) -> None:
+        self._lines = iter(lines)
+        # A symbol containing another one (BANKNIFTY, NIFTY) needs no search of its own.
+        self._needles = [s for s in symbols if not any(o != s and o in s for o in symbols)]
+        self._whole_lines = whole_lines
+        self.line_num = 0
+        self.skipped = 0
+        self.width = 0  # fields a row needs, set once the header is read
+
+    def _record(self, line: str) -> list[str]:
+        reader = csv.reader(itertools.chain((line,), self._lines))
+        try:
+            return next(reader)
+        finally:
+            self.line_num += reader.line_num
+
+    def __iter__(self) -> Iterator[list[str]]:
+        lines = self._lines
+        for line in lines:  # the header
+            yield self._record(line)
+            break
+        commas = self.width - 1
+        limit = csv.field_size_limit()
+        needles = self._needles
+        needle = needles[0] if len(needles) == 1 else None
+        search = re.compile("|".join(map(re.escape, needles))).search
+        whole = self._whole_lines
+        n, skipped = self.line_num, 0
+        try:
+            for line in lines:
+                if (
+                    line.count(",") >= commas
+                    and '"' not in line
+                    and len(line) <= limit
+                    and (whole or _breaks_only_at_end(line))
+                ):
+                    # Plain fields, as many as a row needs: csv would split them on commas.
+                    n += 1
+                    if needle is not None and needle not in line or needle is None and search(line) is None:
+                        skipped += 1
+                        continue
+                    self.line_num = n
+                    yield line.rstrip("\r\n").split(",")
+                    continue
+                self.line_num = n
+                yield self._record(line)  # moves line_num past the record's lines (also on a csv.Error)
+                n = self.line_num
+            self.line_num = n
+        finally:
+            self.skipped = skipped
+
+
+def _breaks_only_at_end(line: str) -> bool:
+    """No line break in ``line`` but its terminator ("\\n", "\\r\\n" or "\\r")."""
+    end = len(line) - (2 if line.endswith("\r\n") else 1 if line.endswith(("\n", "\r")) else 0)
+    return "\n" not in line[:end] and "\r" not in line[:end]
+
+
+def _parse(lines: Iterable[str], underlyings: Sequence[str], *, whole_lines: bool = False) -> tuple[ChainSkeleton, _Tally]:
     symbols = underlying_symbols(underlyings)
-    reader = csv.reader(lines)
+    rows = _Rows(lines, symbols, whole_lines=whole_lines)
     try:
-        return _parse_rows(reader, symbols)
+        return _parse_rows(rows, symbols)
     except csv.Error as exc:  # e.g. a field over csv.field_size_limit(), an unterminated quote
-        raise InstrumentMasterError(f"scrip master is not a readable CSV at line {reader.line_num}: {exc}") from None
+        raise InstrumentMasterError(f"scrip master is not a readable CSV at line {rows.line_num}: {exc}") from None
 
 
-def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]:
+def _parse_rows(reader: _Rows, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]:
     wanted = frozenset(symbols)
-    header = next(reader, None)
+    rows = iter(reader)
+    header = next(rows, None)
     if header is None:
         raise InstrumentMasterError("scrip master is empty (no header line)")
     col = _Columns(header)
+    reader.width = col.width
     tally = _Tally()
     indices: dict[str, _Index] = {}
     # Per underlying, by (expiry, strike, side): two contracts there cannot both be real.
     contracts: dict[str, Slots] = {s: {} for s in symbols}
     seen: set[InstrumentKey] = set()
+    memo = _Memo()
 
-    for row in reader:
+    for row in rows:
         if not row:
             continue  # blank line, not a row
         tally.total += 1
@@ -198,7 +276,7 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
 
         try:
             if kind == "option":
-                contract, tick_in_paise = _option(row, col, und)
+                contract, tick_in_paise = _option(row, col, und, memo)
                 if contract.key in seen:
                     raise BadRow(f"duplicate security id {contract.key[1]} in {Segment(contract.key[0]).name}")
                 place_contract(contracts[und], contract, "ids")
@@ -213,6 +291,8 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
             tally.bad(reader.line_num, f"{und}: {exc}")
             continue
         tally.used += 1
+    tally.total += reader.skipped
+    tally.ignored += reader.skipped
 
     problems = []
     for sym in symbols:
@@ -228,7 +308,19 @@ def _parse_rows(reader: Any, symbols: list[str]) -> tuple[ChainSkeleton, _Tally]
     return ChainSkeleton(chains, tally.report()), tally
 
 
-def _option(row: list[str], col: _Columns, underlying: str) -> tuple[OptionContract, bool]:
+@dataclass(slots=True)
+class _Memo:
+    """Values already converted in this parse, by their text: a file's ~30k option rows share a
+    handful of lots, ticks and expiries and repeat each strike per side and expiry. Only
+    conversions that succeeded are kept, so a bad value fails (and is reported) every time."""
+
+    lots: dict[str, float] = field(default_factory=dict)
+    ticks: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    expiries: dict[str, dt.date] = field(default_factory=dict)
+    strikes: dict[str, float] = field(default_factory=dict)
+
+
+def _option(row: list[str], col: _Columns, underlying: str, memo: _Memo) -> tuple[OptionContract, bool]:
     """The row's contract, and whether its tick was given in paise."""
     segment = _FNO_SEGMENTS.get((row[col.exch].strip(), row[col.seg].strip()))
     if segment is None:
@@ -237,18 +329,32 @@ def _option(row: list[str], col: _Columns, underlying: str) -> tuple[OptionContr
     option_type = _OPTION_TYPES.get(row[col.opt].strip())
     if option_type is None:
         raise BadRow(f"bad OPTION_TYPE {_show(row[col.opt])}")
-    lot = _positive_float(row[col.lot].strip(), "LOT_SIZE")
-    tick, in_paise = _tick(row[col.tick].strip())
+    text = row[col.lot].strip()
+    lot = memo.lots.get(text)
+    if lot is None:
+        lot = memo.lots[text] = _positive_float(text, "LOT_SIZE")
+    text = row[col.tick].strip()
+    tick_read = memo.ticks.get(text)
+    if tick_read is None:
+        tick_read = memo.ticks[text] = _tick(text)
+    text = row[col.expiry]
+    expiry = memo.expiries.get(text)
+    if expiry is None:
+        expiry = memo.expiries[text] = _expiry(text)
+    text = row[col.strike].strip()
+    strike = memo.strikes.get(text)
+    if strike is None:
+        strike = memo.strikes[text] = _positive_float(text, "STRIKE_PRICE")
     contract = OptionContract(
         key=(int(segment), sid),
         underlying=underlying,
-        expiry=_expiry(row[col.expiry]),
-        strike=_positive_float(row[col.strike].strip(), "STRIKE_PRICE"),
+        expiry=expiry,
+        strike=strike,
         option_type=option_type,
         lot_size=int(lot),
-        tick_size=tick,
+        tick_size=tick_read[0],
     )
-    return contract, in_paise
+    return contract, tick_read[1]
 
 
 # --------------------------------------------------------------------------- loading
@@ -299,13 +405,13 @@ def _parse_bytes(body: bytes, underlyings: Sequence[str]) -> tuple[ChainSkeleton
     # Undecodable bytes can only sit in names and descriptions we never key on, so they are
     # replaced rather than failing the whole file; "-sig" drops a byte-order mark.
     text = body.decode("utf-8-sig", errors="replace")
-    return _parse(io.StringIO(text, newline=""), underlyings)
+    return _parse(io.StringIO(text, newline=""), underlyings, whole_lines=True)
 
 
 def _parse_file(path: str, underlyings: Sequence[str]) -> tuple[ChainSkeleton, _Tally]:
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-            return _parse(f, underlyings)
+            return _parse(f, underlyings, whole_lines=True)
     except OSError as exc:
         raise InstrumentMasterError(f"cannot read scrip master {path}: {exc.strerror or exc}") from exc
 

@@ -43,10 +43,11 @@ class Normalizer:
         for key in removed:
             self._fast.pop(key, None)
             self._slow.pop(key, None)
+        inverses: dict[int, float] = {}  # one float object per distinct inverse, not one per instrument
         for key, tick in added.items():
             n = _inverse(tick) if tick > 0 else None
             if n is not None:
-                self._fast[key] = float(n)
+                self._fast[key] = inverses.setdefault(n, float(n))
             else:
                 self._slow[key] = tick_rounder(tick)
 

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from operator import attrgetter
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,7 +50,7 @@ import orjson
 
 from feeds.calendar import MarketCalendar
 from feeds.model import IST
-from service.core.cache import Chain, Leg
+from service.core.cache import Chain, column_reader
 from service.settings import AnalyticsSettings
 from service.analytics.greeks import DAYS_PER_YEAR, black76, implied_vol
 
@@ -111,6 +110,69 @@ def _leg_suffixes(legs: Mapping[LegKey, LegValues]) -> dict[LegKey, bytes]:
     return {key: b"," + piece + b"}" for key, piece in zip(legs, pieces, strict=True)}
 
 
+_SOURCES = (SOURCE_LIVECHAIN, SOURCE_DHAN)
+
+
+class LegTable(Mapping[LegKey, LegValues]):
+    """Per (strike, side) the ``LEG_FIELDS`` values, kept as arrays (a chain's analytics for
+    every leg would otherwise be a dict of tuples of boxed floats: ~0.4 KB a leg): ``strikes``
+    float64, ``puts`` bool, ``numbers`` float64 (legs, 5), ``sources`` uint8 (index into
+    ``_SOURCES``). Read as the mapping it stands for; ``items()``/``values()`` are built in bulk."""
+
+    __slots__ = ("strikes", "puts", "numbers", "sources", "_index")
+
+    def __init__(self, strikes: np.ndarray, puts: np.ndarray, numbers: np.ndarray, sources: np.ndarray) -> None:
+        self.strikes, self.puts, self.numbers, self.sources = strikes, puts, numbers, sources
+        self._index: dict[LegKey, int] | None = None
+
+    @classmethod
+    def of(cls, legs: Mapping[LegKey, Any]) -> LegTable | None:
+        """``legs`` as a table; None when a value is not what the table keeps exactly (a float, a known source)."""
+        strikes, puts, numbers, sources = [], [], [], []
+        for (strike, side), values in legs.items():
+            if (type(strike) is not float or side not in ("CE", "PE") or len(values) != len(LEG_FIELDS)
+                    or values[-1] not in _SOURCES or not all(type(v) is float for v in values[:-1])):  # fmt: skip
+                return None
+            strikes.append(strike)
+            puts.append(side == "PE")
+            numbers.append(values[:-1])
+            sources.append(_SOURCES.index(values[-1]))
+        return cls(
+            np.array(strikes, dtype=np.float64), np.array(puts, dtype=bool),
+            np.array(numbers, dtype=np.float64).reshape(len(strikes), len(LEG_FIELDS) - 1),
+            np.array(sources, dtype=np.uint8),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.strikes)
+
+    def __iter__(self) -> Iterator[LegKey]:
+        return iter(self.keys())
+
+    def keys(self) -> list[LegKey]:  # type: ignore[override]
+        return [(s, "PE" if p else "CE") for s, p in zip(self.strikes.tolist(), self.puts.tolist())]
+
+    def values(self) -> list[LegValues]:  # type: ignore[override]
+        return [(*row, _SOURCES[c]) for row, c in zip(self.numbers.tolist(), self.sources.tolist())]
+
+    def items(self) -> list[tuple[LegKey, LegValues]]:  # type: ignore[override]
+        return list(zip(self.keys(), self.values()))
+
+    def __getitem__(self, key: LegKey) -> LegValues:
+        index = self._index
+        if index is None:
+            index = self._index = {k: i for i, k in enumerate(self.keys())}
+        i = index[key]
+        return (*self.numbers[i].tolist(), _SOURCES[int(self.sources[i])])  # type: ignore[return-value]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+
 NULL_LEG_SUFFIX = b"," + orjson.dumps(dict.fromkeys(LEG_FIELDS))[1:]
 NULL_HEAD: dict[str, Any] = dict.fromkeys(CHAIN_FIELDS)
 
@@ -125,7 +187,8 @@ class ChainAnalytics:
         ``legs``: per (strike, side) the ``LEG_FIELDS`` values; legs left out are all null."""
         self.computed_at = computed_at
         self.chain = {name: chain.get(name) for name in CHAIN_FIELDS[:-1]}
-        self.legs = dict(legs)
+        table = legs if isinstance(legs, LegTable) else LegTable.of(legs)
+        self.legs: Mapping[LegKey, LegValues] = table if table is not None else dict(legs)
         self.head: dict[str, Any] = {**self.chain, "analytics_as_of": _ist(computed_at)}
         self._suffixes: dict[LegKey, bytes] | None = None  # built at the first render: nobody may ask
         self._json: bytes | None = None
@@ -184,12 +247,6 @@ class ChainAnalytics:
 
 
 # --------------------------------------------------------------------------- computation
-
-
-def _column(legs: list[Leg | None], attr: str) -> np.ndarray:
-    """A float column of one attribute; NaN where the leg or its value is missing."""
-    get = attrgetter(attr)
-    return np.array([_NAN if v is None else v for v in map(get, legs)], dtype=np.float64)
 
 
 def _round(value: float | None, decimals: int) -> float | None:
@@ -275,7 +332,8 @@ def analyse(
     strikes = np.fromiter((s for s, _, _ in rows), np.float64, len(rows))
     ce = [_NO_LEG if c is None else c for _, c, _ in rows]
     pe = [_NO_LEG if p is None else p for _, _, p in rows]
-    ce_ltp, pe_ltp = _column(ce, "ltp"), _column(pe, "ltp")
+    ce_col, pe_col = column_reader(ce), column_reader(pe)
+    ce_ltp, pe_ltp = ce_col("ltp"), pe_col("ltp")
     years = years_to_expiry(chain.expiry, now, calendar)
     live = years > 0
     growth = math.exp(params.rate * years) if live else 1.0  # e^{rT}: undiscounts a premium
@@ -295,8 +353,8 @@ def analyse(
         i = int(np.searchsorted(strikes, atm))
         if math.isfinite(ce_ltp[i]) and math.isfinite(pe_ltp[i]):
             straddle = float(ce_ltp[i] + pe_ltp[i])
-    ce_oi, pe_oi = _column(ce, "oi"), _column(pe, "oi")
-    ce_vol, pe_vol = _column(ce, "volume"), _column(pe, "volume")
+    ce_oi, pe_oi = ce_col("oi"), pe_col("oi")
+    ce_vol, pe_vol = ce_col("volume"), pe_col("volume")
     head = {
         "forward": _round(forward, 4),
         "forward_source": source,
@@ -306,7 +364,7 @@ def analyse(
         "pcr_volume": _round(put_call_ratio(ce_vol, pe_vol), 4),
         "max_pain": max_pain(strikes, ce_oi, pe_oi),
         "years_to_expiry": round(max(years, 0.0), 8),
-        **oi_summary(strikes, (ce_oi, pe_oi), (_column(ce, "prev_oi"), _column(pe, "prev_oi")), (ce_vol, pe_vol)),
+        **oi_summary(strikes, (ce_oi, pe_oi), (ce_col("prev_oi"), pe_col("prev_oi")), (ce_vol, pe_vol)),
     }
 
     # Both sides in one vectorized pass: calls then puts.
@@ -316,7 +374,7 @@ def analyse(
     is_call = np.concatenate([np.ones(len(rows), bool), np.zeros(len(rows), bool)])
     n = len(rows)
     ours = np.zeros(2 * n, bool)
-    table: list[list[float]] = []
+    table: np.ndarray | None = None
     if forward is not None and live:
         iv = implied_vol(prices, forward, strike2, years, params.rate, is_call)
         ours = np.isfinite(iv)
@@ -324,20 +382,36 @@ def analyse(
             greeks = black76(forward, strike2[ours], years, params.rate, iv[ours], is_call[ours])
             columns = [np.round(iv[ours] * 100.0, _LEG_DECIMALS[0])]
             columns += [np.round(a, d) for a, d in zip(greeks[1:], _LEG_DECIMALS[1:])]
-            table = np.column_stack(columns).tolist()
-    values: list[LegValues | None] = [None] * (2 * n)
-    own = iter(table)
-    for j in np.flatnonzero(ours).tolist():
-        values[j] = (*next(own), SOURCE_LIVECHAIN)  # type: ignore[assignment]
+            table = np.column_stack(columns)
+    numbers = np.full((2 * n, len(LEG_FIELDS) - 1), _NAN)
+    sources = np.full(2 * n, 255, dtype=np.uint8)  # 255: no analytics for that leg
+    if table is not None:
+        numbers[ours] = table
+        sources[ours] = 0  # SOURCE_LIVECHAIN
     if live:  # Dhan's numbers only where we could not even try: no last price yet, or no forward
         for j, leg in enumerate(legs):
             d: DhanGreeks | None = leg.dhan
             if d is not None and (forward is None or leg.ltp is None):
-                values[j] = (d.iv, d.delta, d.gamma, d.theta, d.vega, SOURCE_DHAN)
+                dhan = (d.iv, d.delta, d.gamma, d.theta, d.vega)
+                if not all(type(v) is float for v in dhan):  # the table keeps floats: keep the value as it is
+                    return _as_dict(now, head, rows, numbers, sources, {j: (*dhan, SOURCE_DHAN)})
+                numbers[j] = dhan
+                sources[j] = 1  # SOURCE_DHAN
+    order = np.arange(2 * n).reshape(2, n).T.ravel()  # in strike order, CE before PE
+    order = order[sources[order] != 255]
+    return ChainAnalytics(now, head, LegTable(strike2[order], order >= n, numbers[order], sources[order]))
+
+
+def _as_dict(now: float, head: dict[str, Any], rows: list[Any], numbers: np.ndarray, sources: np.ndarray,
+             others: dict[int, LegValues]) -> ChainAnalytics:  # fmt: skip
+    """``analyse``'s result as a dict, for values the table cannot keep exactly."""
+    n = len(rows)
+    table = numbers.tolist()
     out: dict[LegKey, LegValues] = {}  # in strike order, CE before PE
     for i, (strike, _, _) in enumerate(rows):
-        if (v := values[i]) is not None:
-            out[(strike, "CE")] = v
-        if (v := values[n + i]) is not None:
-            out[(strike, "PE")] = v
+        for j, side in ((i, "CE"), (n + i, "PE")):
+            if j in others:
+                out[(strike, side)] = others[j]
+            elif sources[j] != 255:
+                out[(strike, side)] = (*table[j], _SOURCES[sources[j]])  # type: ignore[assignment]
     return ChainAnalytics(now, head, out)

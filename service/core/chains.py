@@ -70,7 +70,8 @@ class CacheChains:
         chain = self.cache.chains.get((underlying, expiry))
         if chain is None:
             return None
-        return render(chain, self.freshness.times(chain.expiry, chain.stale_legs, chain.updated_at))
+        times = self.freshness.times(chain.expiry, chain.stale_legs, chain.updated_at)
+        return render(chain, times, self.cache.leg_rows)
 
     @property
     def broker(self) -> str | None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
+import zlib
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,22 +42,29 @@ from service.core.freshness import ChainTimes
 
 _fromtimestamp = dt.datetime.fromtimestamp
 _dumps_raw = orjson.dumps
+_copysign = math.copysign
 
 # ``Leg.doc`` of a leg whose current JSON object is in its chain's rendered body (not a copy of
 # it): empty bytes, which no JSON object is. The cache replaces it with None on every change.
 IN_BODY = b""
 
 Row = tuple[float, bytes | None, bytes | None]  # strike, CE leg JSON, PE leg JSON
+LegRows = Callable[[Sequence[Leg]], list[tuple[Any, ...]]]  # ChainCache.leg_rows
 
 _NULL = b"null"
-DIGEST = 16  # bytes of each leg object's hash (ChainSnapshot.digests)
 _blake2b = hashlib.blake2b
+_crc32 = zlib.crc32
+_U32 = np.dtype("<u4")  # digests: the same bytes on any machine
 _PE = b',"pe":'
 _STRIKE_END = b"}"
 
 
 def _no_spans() -> np.ndarray:
     return np.zeros((0, 3), np.int32)
+
+
+def _no_digests() -> np.ndarray:
+    return np.zeros(0, _U32)
 
 
 def _exact(raw: bytes) -> bytes:
@@ -82,7 +91,8 @@ class ChainSnapshot:
     analytics: ChainAnalytics | None = field(default=None, repr=False, compare=False)  # whose suffixes the body has
     legs: tuple[Leg | None, ...] = field(default=(), repr=False, compare=False)  # the primary's: cache leg per slot
     strikes_at: int = 0  # offset of the first strike object in ``body``
-    digests: bytes = field(default=b"", repr=False, compare=False)  # per slot, the hash of its object (_etag)
+    # Per slot, the CRC-32 of its object (uint32; ``_etag``).
+    digests: np.ndarray = field(default_factory=_no_digests, repr=False, compare=False)
 
     def leg(self, slot: int) -> bytes | None:
         """The leg object at ``slot`` (2 × strike index, + 1 for PE) exactly as in the body; None: no contract."""
@@ -106,70 +116,155 @@ def ist(epoch_s: float | None) -> dt.datetime | None:
     return None if epoch_s is None else _fromtimestamp(epoch_s, IST)
 
 
-# The last instants converted (every leg of a batch shares its receive time, and many its trade second).
-# Each a (epoch, datetime) pair, replaced whole (never half-updated, whichever thread encodes).
-_last_ltt: tuple[float | None, dt.datetime | None] = (None, None)
-_last_updated: tuple[float | None, dt.datetime | None] = (None, None)
+# Instants as the JSON string of their IST datetime (what orjson writes for ``ist(epoch)``, without
+# the quotes; every leg of a batch shares its receive time, and many their trade second): a
+# bounded memo, cleared when full (each value is a pure function of its key).
+_ist_memo: dict[float, str] = {}
+_IST_MEMO_MAX = 4096
 
 
-def _ist_ltt(epoch_s: float | None) -> dt.datetime | None:
-    global _last_ltt
-    if epoch_s is None:
-        return None
-    last = _last_ltt
-    if last[0] != epoch_s:
-        last = _last_ltt = (epoch_s, _fromtimestamp(epoch_s, IST))
-    return last[1]
+def _ist_text(epoch_s: float) -> str:
+    found = _ist_memo.get(epoch_s)
+    if found is None:
+        if len(_ist_memo) >= _IST_MEMO_MAX:
+            _ist_memo.clear()
+        found = _ist_memo[epoch_s] = _dumps_raw(_fromtimestamp(epoch_s, IST))[1:-1].decode()
+    return found
 
 
-def _ist_updated(epoch_s: float | None) -> dt.datetime | None:
-    global _last_updated
-    if epoch_s is None:
-        return None
-    last = _last_updated
-    if last[0] != epoch_s:
-        last = _last_updated = (epoch_s, _fromtimestamp(epoch_s, IST))
-    return last[1]
+# A trade time (whole epoch seconds) as that text from its minute's (memoised: a minute has one
+# prefix, and trades cluster in the last minutes) and its second: IST is UTC + 330 minutes.
+_minute_memo: dict[int, str] = {}
+_SECONDS = tuple(f"{s:02d}+05:30" for s in range(60))
+_WHOLE_SECONDS_MAX = 253_402_300_799 - 19_800  # 9999-12-31T23:59:59 IST
+
+
+def _ltt_text(epoch_s: float) -> str:
+    if epoch_s.__class__ is not int or not 0 <= epoch_s <= _WHOLE_SECONDS_MAX:
+        return _ist_text(epoch_s)
+    minute, second = divmod(epoch_s, 60)
+    prefix = _minute_memo.get(minute)
+    if prefix is None:
+        if len(_minute_memo) >= _IST_MEMO_MAX:
+            _minute_memo.clear()
+        prefix = _minute_memo[minute] = _ist_text(minute * 60)[:17]  # YYYY-MM-DDTHH:MM:
+    return prefix + _SECONDS[second]
+
+
+# Rounding exactly as ``round(x, digits)`` without its decimal conversion (~0.7 µs a call):
+# n = x·10^digits rounded to the nearest integer k, then k / 10^digits. Both are the correctly
+# rounded float of k/10^digits, so they are equal whenever k is the integer ``round`` picks: when
+# |n| < 2^40 (n's own rounding error ≤ 2^-13) and n is at least 0.001 from a tie (x.5). Anything
+# else (ties, huge, inf, nan, ints) goes to ``round`` itself. tests/test_snapshot.py checks it.
+_ROUND_LIMIT = float(2**40)
+
+
+def _round4(x: float) -> float:
+    if x.__class__ is float:
+        n = x * 10000.0
+        if -_ROUND_LIMIT < n < _ROUND_LIMIT:
+            k = round(n)
+            if -0.499 < n - k < 0.499:
+                return k / 10000.0 if k else _copysign(0.0, x)
+    return round(x, 4)
+
+
+def _round2(x: float) -> float:
+    if x.__class__ is float:
+        n = x * 100.0
+        if -_ROUND_LIMIT < n < _ROUND_LIMIT:
+            k = round(n)
+            if -0.499 < n - k < 0.499:
+                return k / 100.0 if k else _copysign(0.0, x)
+    return round(x, 2)
+
+
+def _row_of(leg: Leg) -> tuple[Any, ...]:
+    """One leg's state as ``ChainCache.leg_rows`` gives it (for a leg encoded alone)."""
+    return (leg.ltp, leg.ltq, leg.ltt, leg.atp, leg.volume, leg.oi, leg.prev_close, leg.prev_oi, leg.open, leg.high,
+            leg.low, leg.close, leg.bid, leg.bid_qty, leg.ask, leg.ask_qty, leg.updated_at, leg.stale)  # fmt: skip
+
+
+def _rows_of(legs: Sequence[Leg]) -> list[tuple[Any, ...]]:
+    return [_row_of(leg) for leg in legs]
+
+
+# Every key of a leg's object, in the body's order (``encode_legs`` fills a copy).
+_LEG_KEYS: dict[str, None] = dict.fromkeys((
+    "security_id", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low", "close",
+    "bid", "bid_qty", "ask", "ask_qty", "updated_at", "stale", "oi_change", "oi_change_pct", "change", "change_pct",
+    "two_sided",
+))  # fmt: skip
 
 
 def _encode(leg: Leg) -> bytes:
     """The leg's JSON object as it appears in the body (and in Redis), without the analytics."""
-    oi, prev_oi, ltp, prev_close = leg.oi, leg.prev_oi, leg.ltp, leg.prev_close
-    return _dumps_raw(
-        {
-            "security_id": leg.key[1],
-            "ltp": ltp,
-            "ltq": leg.ltq,
-            "ltt": _ist_ltt(leg.ltt),
-            "atp": leg.atp,
-            "volume": leg.volume,
-            "oi": oi,
-            "prev_close": prev_close,
-            "prev_oi": prev_oi,
-            "open": leg.open,
-            "high": leg.high,
-            "low": leg.low,
-            "close": leg.close,
-            "bid": leg.bid,
-            "bid_qty": leg.bid_qty,
-            "ask": leg.ask,
-            "ask_qty": leg.ask_qty,
-            "updated_at": _ist_updated(leg.updated_at),
-            "stale": leg.stale,
-            # Derived from the leg alone, so they change with it (not on the analytics cadence).
-            "oi_change": None if oi is None or prev_oi is None else oi - prev_oi,
-            "oi_change_pct": _change_pct(oi, prev_oi),
-            "change": None if ltp is None or prev_close is None else round(ltp - prev_close, 4),
-            "change_pct": _change_pct(ltp, prev_close),
-            "two_sided": leg.bid is not None and leg.ask is not None,
-        }
-    )
+    blob, bounds = encode_legs((leg,), (_row_of(leg),))
+    return bytes(blob[bounds[0] : bounds[1] + 1])
 
 
-def _change_pct(ltp: float | None, prev_close: float | None) -> float | None:
-    if ltp is None or prev_close is None or prev_close <= 0:
-        return None
-    return round(100.0 * (ltp - prev_close) / prev_close, 2)
+def encode_legs(legs: Sequence[Leg], rows: Sequence[tuple[Any, ...]]) -> tuple[memoryview, list[int]]:
+    """Every leg's JSON object as it appears in the body (and in Redis), without the analytics,
+    from one encoder call: the buffer and, per leg, the offsets where its object starts and where
+    its closing brace is (``2 × len(legs)`` ints). ``rows``: as ``ChainCache.leg_rows`` gives them."""
+    docs = []
+    add_doc = docs.append
+    ist, ltt_text, template = _ist_text, _ltt_text, _LEG_KEYS.copy
+    for leg, (ltp, ltq, ltt, atp, volume, oi, prev_close, prev_oi, open_, high, low, close, bid, bid_qty, ask,
+              ask_qty, updated_at, stale) in zip(legs, rows):  # fmt: skip
+        if ltp is None or prev_close is None:
+            change = change_pct = None
+        else:
+            change = _round4(ltp - prev_close)
+            change_pct = None if prev_close <= 0 else _round2(100.0 * (ltp - prev_close) / prev_close)
+        if oi is None or prev_oi is None:
+            oi_change = oi_change_pct = None
+        else:
+            oi_change = oi - prev_oi
+            oi_change_pct = None if prev_oi <= 0 else _round2(100.0 * (oi - prev_oi) / prev_oi)
+        # A copy of a dict with every key, then set in place: a third of a 24-key dict literal's cost.
+        doc = template()
+        doc["security_id"] = leg.key[1]
+        doc["ltp"] = ltp
+        doc["ltq"] = ltq
+        doc["ltt"] = None if ltt is None else ltt_text(ltt)
+        doc["atp"] = atp
+        doc["volume"] = volume
+        doc["oi"] = oi
+        doc["prev_close"] = prev_close
+        doc["prev_oi"] = prev_oi
+        doc["open"] = open_
+        doc["high"] = high
+        doc["low"] = low
+        doc["close"] = close
+        doc["bid"] = bid
+        doc["bid_qty"] = bid_qty
+        doc["ask"] = ask
+        doc["ask_qty"] = ask_qty
+        doc["updated_at"] = None if updated_at is None else ist(updated_at)
+        doc["stale"] = stale
+        # Derived from the leg alone, so they change with it (not on the analytics cadence).
+        doc["oi_change"] = oi_change
+        doc["oi_change_pct"] = oi_change_pct
+        doc["change"] = change
+        doc["change_pct"] = change_pct
+        doc["two_sided"] = bid is not None and ask is not None
+        add_doc(doc)
+    blob = _dumps_raw(docs)
+    # ``[{…},{…}]``: no value inside an object has a brace (numbers, null, booleans, ISO dates).
+    bounds: list[int] = []
+    add = bounds.append
+    find = blob.find
+    pos = 1
+    for _ in range(len(docs) - 1):
+        end = find(b"},{", pos)
+        add(pos)
+        add(end)
+        pos = end + 2
+    if docs:
+        add(pos)
+        add(len(blob) - 2)
+    return memoryview(blob), bounds
 
 
 def leg_json(leg: Leg) -> bytes:
@@ -259,25 +354,27 @@ def _assemble(
 
 def _snapshot(underlying: str, expiry: dt.date, version: int, times: ChainTimes, head: dict[str, Any], body: bytes,
               strikes: tuple[float, ...], spans: np.ndarray, analytics: ChainAnalytics | None,
-              legs: tuple[Leg | None, ...], strikes_at: int, digests: bytes) -> ChainSnapshot:  # fmt: skip
+              legs: tuple[Leg | None, ...], strikes_at: int, digests: np.ndarray) -> ChainSnapshot:  # fmt: skip
     return ChainSnapshot(underlying, expiry, version, times.stale, body, _etag(body, strikes_at, strikes, digests), times,
                          head, strikes, spans, analytics, legs, strikes_at, digests)  # fmt: skip
 
 
-def _etag(body: bytes, strikes_at: int, strikes: tuple[float, ...], digests: bytes) -> str:
-    """A strong ETag, a hash of the body: of its head, its strikes and each leg object's own hash
-    (``digests``), so a render hashes only the legs that changed, not the whole body. Equal bodies
-    have equal parts, hence equal tags, on any process."""
+def _etag(body: bytes, strikes_at: int, strikes: tuple[float, ...], digests: np.ndarray) -> str:
+    """A strong ETag, a hash of the body: of its head, its strikes and each leg object's CRC-32
+    (``digests``, little-endian), so a render checksums only the legs that changed, not the whole
+    body. Equal bodies have equal parts, hence equal tags, on any process. The head is hashed in
+    full and carries the chain's version (new with every change), so two states of a chain never
+    share a tag through the checksums alone."""
     h = _blake2b(memoryview(body)[:strikes_at], digest_size=12)
     h.update(_dumps_raw(strikes))
     h.update(digests)
     return '"' + h.hexdigest() + '"'
 
 
-def _digests(body: bytes, spans: np.ndarray) -> bytes:
-    """Per leg slot the hash of its object (or null) in ``body``, ``DIGEST`` bytes each."""
+def _digests(body: bytes, spans: np.ndarray) -> np.ndarray:
+    """Per leg slot the CRC-32 of its object (or null) in ``body``."""
     mv = memoryview(body)
-    return b"".join([_blake2b(mv[start:end], digest_size=DIGEST).digest() for start, _, end in spans.tolist()])
+    return np.array([_crc32(mv[start:end]) for start, _, end in spans.tolist()], _U32)
 
 
 def chain_snapshot(
@@ -319,9 +416,12 @@ def _null_suffix(strike: float, side: str) -> bytes:
     return NULL_LEG_SUFFIX
 
 
-def render(chain: Chain, times: ChainTimes) -> ChainSnapshot:
+def render(chain: Chain, times: ChainTimes, leg_rows: LegRows | None = None) -> ChainSnapshot:
     """The chain's snapshot, reusing the last one when nothing changed (version and ``times``);
-    else the last body with the changed legs spliced in (or rebuilt, when the analytics changed)."""
+    else the last body with the changed legs spliced in (or rebuilt, when the analytics changed).
+    ``leg_rows``: the cache's bulk read of leg state (``ChainCache.leg_rows``); None: leg attributes."""
+    if leg_rows is None:
+        leg_rows = _rows_of
     last: ChainSnapshot | None = chain.rendered
     if last is not None and last.version == chain.version and last.times == times:
         return last
@@ -335,9 +435,10 @@ def render(chain: Chain, times: ChainTimes) -> ChainSnapshot:
         legs = tuple(leg for _, ce, pe in chain.rows for leg in (ce, pe))
         strikes = tuple(strike for strike, _, _ in chain.rows)
     if last is not None and last.legs and last.analytics is analytics:
-        body, spans, digests, taken = _patch(last, opening, legs)
+        body, spans, digests, taken = _patch(last, opening, legs, leg_rows)
     else:
-        body, spans = _rebuild(last if last is not None and last.legs else None, opening, strikes, legs, analytics)
+        body, spans = _rebuild(last if last is not None and last.legs else None, opening, strikes, legs, analytics,
+                               leg_rows)  # fmt: skip
         digests = _digests(body, spans)
         taken = [leg for leg in legs if leg is not None]
     snap = _snapshot(chain.underlying, chain.expiry, chain.version, times, head, body, strikes, spans, analytics,
@@ -348,14 +449,24 @@ def render(chain: Chain, times: ChainTimes) -> ChainSnapshot:
     return snap
 
 
+_BULK_MAX = 128  # _rebuild: at most this many legs encoded in one call
+
+
 def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, ...], legs: tuple[Leg | None, ...],
-             analytics: ChainAnalytics | None) -> tuple[bytes, np.ndarray]:  # fmt: skip
+             analytics: ChainAnalytics | None, leg_rows: LegRows) -> tuple[bytes, np.ndarray]:  # fmt: skip
     """Every leg object anew (the first render, or new analytics): unchanged legs' base JSON
     from the last body, changed ones encoded."""
     suffixes = {} if analytics is None else analytics.suffixes()
     old = None if last is None else memoryview(last.body)
     old_spans = None if last is None else last.spans.tolist()
     null = NULL_LEG_SUFFIX
+    # A few changed legs (new analytics on a chain that was rendered): one encoder call for them;
+    # many (a first render): one at a time, so no large encoder buffer is freed under the body.
+    unencoded = [leg for leg in legs if leg is not None and (leg.doc is None or (leg.doc is IN_BODY and old is None))]
+    fresh: dict[Leg, memoryview] = {}
+    if len(unencoded) <= _BULK_MAX:
+        blob, bounds = encode_legs(unencoded, leg_rows(unencoded))
+        fresh = {leg: blob[bounds[2 * i] : bounds[2 * i + 1]] for i, leg in enumerate(unencoded)}
 
     def pieces() -> Iterator[tuple[Any, Any] | None]:
         for slot, leg in enumerate(legs):
@@ -366,6 +477,8 @@ def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, .
             if doc is IN_BODY and old is not None:
                 start, suffix_at, _ = old_spans[slot]  # type: ignore[index]
                 base = old[start:suffix_at]
+            elif leg in fresh:
+                base = fresh.pop(leg)
             else:
                 if doc is None or doc is IN_BODY:
                     doc = _encode(leg)
@@ -377,8 +490,8 @@ def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, .
 
 
 def _patch(
-    last: ChainSnapshot, opening: bytes, legs: tuple[Leg | None, ...]
-) -> tuple[bytes, np.ndarray, bytes, list[Leg]]:
+    last: ChainSnapshot, opening: bytes, legs: tuple[Leg | None, ...], leg_rows: LegRows
+) -> tuple[bytes, np.ndarray, np.ndarray, list[Leg]]:
     """The last body with a new opening and the changed legs' objects replaced (same analytics):
     the runs between changed legs are copied as one piece each. Also returns the digests and
     the changed legs."""
@@ -392,17 +505,24 @@ def _patch(
     if not changed:
         append(old[cursor:])
         return b"".join(parts), spans + shift if shift else spans, last.digests, []
+    taken: list[Leg] = [legs[slot] for slot in changed]  # type: ignore[misc]
+    # Every changed leg's new object from one encoder call (legs the mirror already encoded keep theirs).
+    unencoded = [leg for leg in taken if leg.doc is None]
+    blob, bounds = encode_legs(unencoded, leg_rows(unencoded))
+    fresh = iter(range(0, len(bounds), 2))
     at = np.array(changed, np.intp)
     base_lens: list[int] = []
     deltas: list[int] = []
-    for slot, (start, suffix_at, end) in zip(changed, spans[at].tolist()):
-        leg = legs[slot]
-        doc = leg.doc  # type: ignore[union-attr]
+    for leg, (start, suffix_at, end) in zip(taken, spans[at].tolist()):
+        doc = leg.doc
         if doc is None:
-            doc = _encode(leg)  # type: ignore[arg-type]
-        n = len(doc) - 1
+            i = next(fresh)
+            base = blob[bounds[i] : bounds[i + 1]]
+        else:
+            base = memoryview(doc)[:-1]
+        n = len(base)
         append(old[cursor:start])
-        append(memoryview(doc)[:-1])
+        append(base)
         append(old[suffix_at:end])  # the analytics suffix, unchanged
         cursor = end
         base_lens.append(n)
@@ -415,8 +535,7 @@ def _patch(
     suffix_lens = spans[at, 2] - spans[at, 1]
     moved[at, 1] = moved[at, 0] + np.array(base_lens, np.int32)
     moved[at, 2] = moved[at, 1] + suffix_lens
-    digests = bytearray(last.digests)
+    digests = last.digests.copy()
     new = memoryview(body)
-    for slot, (start, _, end) in zip(changed, moved[at].tolist()):
-        digests[slot * DIGEST : (slot + 1) * DIGEST] = _blake2b(new[start:end], digest_size=DIGEST).digest()
-    return body, moved, bytes(digests), [legs[slot] for slot in changed]  # type: ignore[misc]
+    digests[at] = [_crc32(new[start:end]) for start, _, end in moved[at].tolist()]
+    return body, moved, digests, taken
