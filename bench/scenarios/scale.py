@@ -84,7 +84,10 @@ def _size(size: int, rounds: int) -> list[Row]:
     first_to_ready = [r["first_to_ready"] for r in o]
     rows = [
         Row.compare(NAME, f"{label}: RSS per instrument vs 2 KB budget", [r["per_instrument"] for r in o],
-                    [RSS_BUDGET_B] * rounds, unit="B", baseline_name="2 KB/instrument target", target=1.0,
+                    [RSS_BUDGET_B] * rounds, unit="B", baseline_name="2 KB/instrument target",
+                    # The budget is per instrument at 25k (issue 16); at 1k/5k the process's fixed
+                    # costs dominate, so those rows are information.
+                    target=1.0 if size == 25_000 else None,
                     higher_is_better=False, note=note),
         Row.compare(NAME, f"{label}: first data → ready", first_to_ready,
                     [r["first_to_covered_s"] for r in results["bare"]], unit="s",
