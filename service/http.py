@@ -7,13 +7,11 @@ handlers serve both. Errors are JSON ``{"error": {"code", "message"}}`` with a 4
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
 import re
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -239,8 +237,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, with our errors and aiohttp's 4xx/5xx as the JSON error body."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -251,42 +249,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
 
 
+errors_middleware = web.middleware(answer_errors)
+
+
 def counted_errors_middleware(http_metrics: HttpMetrics) -> Middleware:
-    """``http_metrics.middleware()`` around ``errors_middleware`` as one layer (one call per request
-    instead of two; aiohttp adds a layer of its own whenever there are middlewares): the same
-    answers, and the same counts (route pattern, final status, 499 for a client gone)."""
-    from service.metrics import path_route
-
-    record = http_metrics.record
-    perf_counter = time.perf_counter
-
-    @web.middleware
-    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else await path_route(request)
-        status = 500  # an exception that escapes every handler becomes aiohttp's 500
-        try:
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = error_response(exc.status, exc.code, exc.message)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    raise
-                response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # nginx's "client closed request": no response was sent
-            raise
-        finally:
-            record(route, status, perf_counter() - start)
-
-    return serve
+    """``http_metrics.middleware()`` around ``errors_middleware`` as one layer (aiohttp adds a
+    layer of its own per middleware): the same answers and the same counts."""
+    return http_metrics.middleware(inner=answer_errors)
 
 
 def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:

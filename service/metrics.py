@@ -109,10 +109,13 @@ class HttpMetrics:
         hits = self.requests.get((route, 304), 0)
         return hits / (ok + hits) if ok + hits else None
 
-    def middleware(self) -> Middleware:
+    def middleware(
+        self, inner: Middleware | None = None
+    ) -> Middleware:
         """The middleware counting every request (outermost: it must see final statuses).
         ``service.http.make_app`` runs it fused with its error middleware (one layer, same counts)
-        when nothing sits between them; ``http_metrics`` tells it whose counts these are."""
+        when nothing sits between them (``inner``: that middleware's function, called in place of
+        the handler); ``http_metrics`` tells it whose counts these are."""
         record = self.record
         perf_counter = time.perf_counter
 
@@ -123,7 +126,7 @@ class HttpMetrics:
             route = resource.canonical if resource is not None else await path_route(request)
             status = 500  # an exception that escapes every handler becomes aiohttp's 500
             try:
-                response = await handler(request)
+                response = await (handler(request) if inner is None else inner(request, handler))
                 status = response.status
                 return response
             except web.HTTPException as exc:
