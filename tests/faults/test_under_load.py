@@ -222,8 +222,10 @@ async def inject(bench: Bench, fault: str, pollers: Clients) -> Callable[[], boo
     if fault.startswith("Redis killed"):
         if "quiet" in fault:
             await bench.settle_and_check()  # nothing ticks: only the mirror's own check can notice
-        await _kill_redis(bench.redis)
+        # Counted before the kill: the mirror may reconnect and rewrite before the new Redis has
+        # answered the fixture's own start-up ping.
         rewrites = mirror.stats.full_rewrites
+        await _kill_redis(bench.redis)
         return lambda: mirror.stats.full_rewrites > rewrites
     if fault == "Redis FLUSHALL":
         client = bench.redis.client()
