@@ -265,7 +265,7 @@ async def running_service(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 api_keys=api_keys,
                 history=history,
             ),
-            outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
+            http_metrics=metrics.http if metrics is not None else None,
         )
         if metrics is not None:
             metrics.attach_connections("api", app)

@@ -88,24 +88,28 @@ def is_open(request: web.BaseRequest) -> bool:
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
 
-def auth_middleware(keys: tuple[bytes, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def auth_layer(keys: tuple[bytes, ...]) -> Callable[[Handler], Handler]:
+    """Wraps a handler so that a request without a valid key gets the 401 (``service.http.Routes``
+    composes it into every route of the API's app, the catch-all included)."""
     from service.http import error_response  # one error shape
 
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_open(request):
-            return await handler(request)
-        presented = presented_key(request)
-        if presented is None:
-            response = error_response(
-                401, "unauthorized",
-                "an API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            )  # fmt: skip
-        elif not key_matches(presented, keys):
-            response = error_response(401, "invalid_api_key", "the API key is not valid")
-        else:
-            return await handler(request)
-        response.headers["WWW-Authenticate"] = CHALLENGE
-        return response
+    def wrap(handler: Handler) -> Handler:
+        async def authenticate(request: web.Request) -> web.StreamResponse:
+            if is_open(request):
+                return await handler(request)
+            presented = presented_key(request)
+            if presented is None:
+                response = error_response(
+                    401, "unauthorized",
+                    "an API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                )  # fmt: skip
+            elif not key_matches(presented, keys):
+                response = error_response(401, "invalid_api_key", "the API key is not valid")
+            else:
+                return await handler(request)
+            response.headers["WWW-Authenticate"] = CHALLENGE
+            return response
 
-    return authenticate
+        return authenticate
+
+    return wrap

@@ -7,17 +7,21 @@ handlers serve both. Errors are JSON ``{"error": {"code", "message"}}`` with a 4
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
 
 from service.core.chains import ChainSource
 from service.core.health import Health
@@ -34,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,28 +155,84 @@ _LIVE_TARGETS: dict[str, tuple[str, dt.date | None]] = {}
 _LIVE_TARGETS_MAX = 1024
 
 
-def live_handler(chains: ChainSource) -> Handler:
-    """``/options/live`` over ``chains``, built once per app: a known plain target (``_LIVE_TARGETS``)
-    goes straight to its chain's snapshot; anything else (or a chain that is gone) takes the full
-    path, with every check and error."""
+def live_handler(chains: ChainSource, *, http_metrics: HttpMetrics | None = None,
+                 route: str = "/options/live") -> Handler:  # fmt: skip
+    """``/options/live`` over ``chains``, built once per app. A known plain target
+    (``_LIVE_TARGETS``) goes straight to its chain's snapshot; anything else (or a chain that is
+    gone) takes the full path, with every check and error.
+
+    Without ``http_metrics`` errors are raised, for the route's layers to answer. With it, this is
+    the route with its layers in one coroutine: ``HttpMetrics.counted`` (under ``route``) around
+    ``answering_errors`` around the handler, done inline, so the same answers and the same counts
+    without a coroutine per layer on the path every poller takes (``Routes.get``'s ``fused``:
+    used only when those two are all the route's layers)."""
     targets = _LIVE_TARGETS
+    # The last snapshot answered and its headers, built once per snapshot rather than per request
+    # (a Response copies them): for a 304, and for a 200 (with the type). Header order as ever.
+    last: ChainSnapshot | None = None
+    headers_304 = headers_200 = CIMultiDict[str]()
 
-    async def options_live(request: web.Request) -> web.StreamResponse:
+    def known(request: web.Request) -> web.Response | None:
+        """The answer for a known target whose chain is there; None: take the full path."""
+        nonlocal last, headers_304, headers_200
         named = targets.get(request.raw_path)
-        if named is not None:
-            underlying, expiry = named
+        if named is None:
+            return None
+        underlying, expiry = named
+        if expiry is None:
+            expiry = chains.nearest_expiry(underlying)
             if expiry is None:
-                expiry = chains.nearest_expiry(underlying)  # None: the full path says why (404)
-            snap = None if expiry is None else chains.snapshot(underlying, expiry)
-            if snap is not None:
-                etag = snap.etag
-                headers = {"ETag": etag, "Cache-Control": "no-cache"}
-                if not_modified(request, etag):
-                    return web.Response(status=304, headers=headers)
-                return web.Response(body=snap.body, headers=headers, content_type="application/json")
-        return await _options_live(request)
+                return None  # the full path says why (404)
+        snap = chains.snapshot(underlying, expiry)
+        if snap is None:
+            return None
+        if snap is not last:
+            last = snap
+            headers_304 = CIMultiDict(ETag=snap.etag)
+            headers_304["Cache-Control"] = "no-cache"
+            headers_200 = CIMultiDict(headers_304)
+            headers_200["Content-Type"] = "application/json"
+        tag = request.headers.get(hdrs.IF_NONE_MATCH)
+        if tag is not None and (tag == snap.etag or not_modified(request, snap.etag)):
+            return web.Response(status=304, headers=headers_304)
+        return web.Response(body=snap.body, headers=headers_200)
 
-    return options_live
+    if http_metrics is None:
+
+        async def options_live(request: web.Request) -> web.StreamResponse:
+            response = known(request)
+            return response if response is not None else await _options_live(request)
+
+        return options_live
+
+    record = http_metrics.recorder(route)
+    perf_counter = time.perf_counter
+
+    async def counted_options_live(request: web.Request) -> web.StreamResponse:
+        # HttpMetrics.counted and answering_errors, inline: keep the three in step.
+        start = perf_counter()
+        status = 500  # an exception that escapes every handler becomes aiohttp's 500
+        try:
+            response = known(request)
+            if response is None:
+                try:
+                    response = await _options_live(request)
+                except (ApiError, web.HTTPException) as exc:
+                    response = error_answer(exc)
+                    if response is None:
+                        raise
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # nginx's "client closed request": no response was sent
+            raise
+        finally:
+            record(status, perf_counter() - start)
+
+    return counted_options_live
 
 
 async def _options_live(request: web.Request) -> web.StreamResponse:
@@ -236,83 +295,205 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
+# What every API route runs in. The app has no aiohttp middleware: as soon as an app has one,
+# aiohttp adds a layer of its own to every request. The same layers are composed once per route
+# instead, when it is registered (``Routes``), so a request pays only for what it goes through.
+Layer = Callable[[Handler, "str | None"], Handler]
+"""Wraps a route's handler, given the route's metric label (None: the catch-all's, per request)."""
 
-async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The handler's answer, with our errors and aiohttp's 4xx/5xx as the JSON error body."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+
+def error_answer(exc: BaseException) -> web.Response | None:
+    """The JSON error body for our ``ApiError`` or aiohttp's 4xx/5xx ``HTTPException`` (a 405
+    keeps its ``Allow`` header); None for anything else (a redirect): the caller re-raises it."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        allow = exc.headers.get(hdrs.ALLOW)
+        if allow is not None:
+            response.headers[hdrs.ALLOW] = allow
+        return response
+    return None
 
 
-errors_middleware = web.middleware(answer_errors)
+def answering_errors(handler: Handler) -> Handler:
+    """``handler``, with our errors and aiohttp's 4xx/5xx answered as the JSON error body (the
+    innermost layer)."""
+
+    async def answered(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (ApiError, web.HTTPException) as exc:
+            response = error_answer(exc)
+            if response is None:
+                raise
+            return response
+
+    return answered
 
 
-def counted_errors_middleware(http_metrics: HttpMetrics) -> Middleware:
-    """``http_metrics.middleware()`` around ``errors_middleware`` as one layer (aiohttp adds a
-    layer of its own per middleware): the same answers and the same counts."""
-    return http_metrics.middleware(inner=answer_errors)
-
-
-def cors_middleware(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def cors_layer(allowed: tuple[str, ...]) -> Callable[[Handler], Handler]:
+    """CORS for the listed origins (``*``: any): a permitted preflight is answered here (204);
+    every answer to a permitted origin says so; with listed origins, every answer varies on Origin."""
     allow_any = "*" in allowed
 
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        permitted = origin is not None and (allow_any or origin in allowed)
-        if request.method == "OPTIONS" and permitted and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "If-None-Match, Authorization, X-API-Key"
-            response.headers["Access-Control-Max-Age"] = "600"
+    def wrap(handler: Handler) -> Handler:
+        async def cors(request: web.Request) -> web.StreamResponse:
+            origin = request.headers.get("Origin")
+            permitted = origin is not None and (allow_any or origin in allowed)
+            if request.method == "OPTIONS" and permitted and "Access-Control-Request-Method" in request.headers:
+                response: web.StreamResponse = web.Response(status=204)
+                response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = "If-None-Match, Authorization, X-API-Key"
+                response.headers["Access-Control-Max-Age"] = "600"
+            else:
+                response = await handler(request)
+            if permitted:
+                response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+                response.headers["Access-Control-Expose-Headers"] = "ETag"
+            if not allow_any and "Origin" not in response.headers.getall("Vary", []):
+                # The answer depends on the Origin header (allowed or not): caches must key on it.
+                response.headers.add("Vary", "Origin")
+            return response
+
+        return cors
+
+    return wrap
+
+
+def _route_blind(wrap: Callable[[Handler], Handler]) -> Layer:
+    return lambda handler, _route: wrap(handler)
+
+
+class AnyTarget(web.AbstractResource):
+    """The catch-all resource: matches every request target, ``*`` (``OPTIONS *``) included,
+    which no path pattern can. Registered last, it gets only the requests no route took."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self._routes = [web.ResourceRoute(hdrs.METH_ANY, handler, self)]
+
+    @property
+    def canonical(self) -> str:
+        return "/{tail}"  # indexed under "/": the router tries it after every other resource
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise RuntimeError("the catch-all route has no URL")
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo | None, set[str]]:
+        return web.UrlMappingMatchInfo({}, self._routes[0]), set()
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the catch-all route is not for sub-applications")
+
+    def get_info(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"catch_all": True}
+
+    def raw_match(self, path: str) -> bool:
+        return False  # never reused by add_resource for another path
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter(self._routes)
+
+
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """The catch-all's answer, inside the layers: 405 with ``Allow`` when a route's path matched
+    but not its method, else 404 (the JSON body from ``answering_errors``)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+class Routes:
+    """The one way to add a route to the API's app: ``make_app`` hands it to each module's
+    ``add_routes``. Every handler is wrapped here, once, at registration, in the app's layers
+    (see ``make_app``), with its metric label (the route's pattern) known then; ``app`` is there
+    for the modules' state (``app[KEY]``, cleanup contexts), not for adding routes."""
+
+    def __init__(self, app: web.Application, layers: Sequence[Layer], *, fusable: HttpMetrics | None = None) -> None:
+        self.app = app
+        self._layers = tuple(layers)
+        self._fusable = fusable  # the metrics, when counting + error translation are all the layers
+        self.handlers: set[Handler] = set()  # every layered handler: make_app checks each route has one
+
+    def get(self, path: str, handler: Handler, *,
+            fused: Callable[[HttpMetrics, str], Handler] | None = None) -> None:  # fmt: skip
+        """``GET`` (and ``HEAD``) ``path``, answered by ``handler`` in the app's layers. ``fused``
+        builds the handler with the counting and the error translation done inside it, taken
+        when those are all the layers (``live_handler``)."""
+        resource = self.app.router.add_resource(path)
+        if fused is not None and self._fusable is not None:
+            layered = fused(self._fusable, resource.canonical)
         else:
-            response = await handler(request)
-        if permitted:
-            response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
-            response.headers["Access-Control-Expose-Headers"] = "ETag"
-        if not allow_any and "Origin" not in response.headers.getall("Vary", []):
-            # The answer depends on the Origin header (allowed or not): caches must key on it.
-            response.headers.add("Vary", "Origin")
-        return response
+            layered = self.layered(handler, resource.canonical)
+        self.handlers.add(layered)
+        resource.add_route(hdrs.METH_HEAD, layered)
+        resource.add_route(hdrs.METH_GET, layered)
 
-    return cors
+    def layered(self, handler: Handler, route: str | None) -> Handler:
+        for layer in reversed(self._layers):
+            handler = layer(handler, route)
+        return handler
+
+    def catch_all(self, handler: Handler = no_route) -> None:
+        """Every request no route took, answered by ``handler`` in the same layers (register it
+        last); counted under the label ``path_route`` finds per request."""
+        layered = self.layered(handler, None)
+        self.handlers.add(layered)
+        self.app.router.register_resource(AnyTarget(layered))
 
 
-def make_app(context: HttpContext, *, outer_middlewares: Sequence[Middleware] = ()) -> web.Application:
-    """``outer_middlewares`` wrap everything else (e.g. metrics, which must see final statuses)."""
-    middlewares = [errors_middleware]
-    if context.api_keys:
-        from service.auth import auth_middleware  # inside CORS: a browser can read the 401
-
-        middlewares.insert(0, auth_middleware(context.api_keys))
+def make_app(context: HttpContext, *, http_metrics: HttpMetrics | None = None) -> web.Application:
+    """The API's app, with no aiohttp middleware: every route (and the catch-all answering the
+    JSON 404/405 and CORS preflights) is composed at registration (``Routes``) of, outermost
+    first: ``http_metrics`` counting (it must see final statuses), CORS (``cors_allow_origins``),
+    API keys (``api_keys``; inside CORS: a browser can read the 401), the JSON error translation."""
+    layers: list[Layer] = []
     if context.cors_allow_origins:
-        middlewares.insert(0, cors_middleware(context.cors_allow_origins))
-    middlewares[:0] = outer_middlewares
-    counting = getattr(middlewares[-2], "http_metrics", None) if len(middlewares) >= 2 else None
-    if counting is not None:  # the metrics middleware right around the errors one: one layer for both
-        middlewares[-2:] = [counted_errors_middleware(counting)]
-    app = web.Application(middlewares=middlewares)
+        layers.append(_route_blind(cors_layer(context.cors_allow_origins)))
+    if context.api_keys:
+        from service.auth import auth_layer
+
+        layers.append(_route_blind(auth_layer(context.api_keys)))
+    layers.append(_route_blind(answering_errors))
+    if http_metrics is not None:
+        layers.insert(0, http_metrics.counted)
+    # /options/live with the counting and the error translation inline, when they are all there is.
+    fusable = http_metrics if http_metrics is not None and len(layers) == 2 else None
+
+    app = web.Application()
     app[CONTEXT] = context
-    app.router.add_get("/options/live", live_handler(context.chains))
-    app.router.add_get("/options/underlyings", options_underlyings)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    routes = Routes(app, layers, fusable=fusable)
+    chains = context.chains
+    routes.get("/options/live", live_handler(chains),
+               fused=lambda metrics, route: live_handler(chains, http_metrics=metrics, route=route))  # fmt: skip
+    routes.get("/options/underlyings", options_underlyings)
+    routes.get("/healthz", healthz)
+    routes.get("/readyz", readyz)
     # Routes of their own modules: live push, NSE's shape, the page at /.
     from service import nse as _nse, stream as _stream, web as _page
     from service.history import http as _history
 
-    _stream.add_routes(app, context)
-    _history.add_routes(app)
-    _nse.add_routes(app)
-    _page.add_routes(app)
+    _stream.add_routes(routes, context)
+    _history.add_routes(routes)
+    _nse.add_routes(routes)
+    _page.add_routes(routes)
     from service import openapi as _openapi  # GET /openapi.json, kept in step by tests/test_openapi.py
 
-    _openapi.add_routes(app)
+    _openapi.add_routes(routes)
+    routes.catch_all()
+    unlayered = [f"{r.method} {r.resource.canonical if r.resource else '?'}" for r in app.router.routes()
+                 if r.handler not in routes.handlers]  # fmt: skip
+    if unlayered:
+        raise RuntimeError(f"routes added around service.http.Routes, without the API's layers: {unlayered}")
     return app
 
 

@@ -55,7 +55,6 @@ INGEST_LATENCY_BUCKETS_S = (
 HTTP_LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 class Histogram:
@@ -89,44 +88,66 @@ class Histogram:
 
 
 class HttpMetrics:
-    """Requests by route and status, and latency by route, counted by a middleware."""
+    """Requests by route and status, and latency by route (``counted``: a layer of every API route)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, Histogram] = {}
+        # Per route: its requests by status, and its latency. A route's pair is found once, when
+        # the route is registered (``recorder``), not per request.
+        self._routes: dict[str, tuple[dict[int, int], Histogram]] = {}
+
+    def _route(self, route: str) -> tuple[dict[int, int], Histogram]:
+        slot = self._routes.get(route)
+        if slot is None:
+            slot = self._routes[route] = ({}, Histogram(HTTP_LATENCY_BUCKETS_S))
+        return slot
 
     def record(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.latency.get(route)
-        if hist is None:
-            hist = self.latency[route] = Histogram(HTTP_LATENCY_BUCKETS_S)
-        hist.observe(seconds)
+        counts, latency = self._route(route)
+        counts[status] = counts.get(status, 0) + 1
+        latency.observe(seconds)
+
+    def recorder(self, route: str) -> Callable[[int, float], None]:
+        """``record`` for one route (status, seconds), its pair looked up now rather than per request."""
+        counts, latency = self._route(route)
+        observe = latency.observe
+
+        def record(status: int, seconds: float) -> None:
+            counts[status] = counts.get(status, 0) + 1
+            observe(seconds)
+
+        return record
+
+    @property
+    def requests(self) -> dict[tuple[str, int], int]:
+        """Requests by (route, status), as counted so far (routes registered but not requested yet absent)."""
+        return {(route, status): n for route, (counts, _) in self._routes.items() for status, n in counts.items()}
+
+    @property
+    def latency(self) -> dict[str, Histogram]:
+        """Latency by route, for the routes requested so far."""
+        return {route: hist for route, (counts, hist) in self._routes.items() if counts}
 
     def not_modified_ratio(self, route: str = "/options/live") -> float | None:
         """Share of conditional hits among the route's successful answers (304 / (200 + 304))."""
-        ok = self.requests.get((route, 200), 0)
-        hits = self.requests.get((route, 304), 0)
+        counts = self._routes[route][0] if route in self._routes else {}
+        ok, hits = counts.get(200, 0), counts.get(304, 0)
         return hits / (ok + hits) if ok + hits else None
 
-    def middleware(
-        self, inner: Middleware | None = None
-    ) -> Middleware:
-        """The middleware counting every request (outermost: it must see final statuses).
-        ``service.http.make_app`` runs it fused with its error middleware (one layer, same counts)
-        when nothing sits between them (``inner``: that middleware's function, called in place of
-        the handler); ``http_metrics`` tells it whose counts these are."""
-        record = self.record
+    def counted(self, handler: Handler, route: str | None) -> Handler:
+        """``handler``, its requests counted under ``route`` (the route's pattern; None: the
+        catch-all's, whose label ``path_route`` finds per request). The outermost layer of every
+        API route (``service.http.Routes``): it must see final statuses, incl. 499 when the client
+        goes away and 500 when an exception escapes. ``service.http.live_handler`` does the same inline."""
         perf_counter = time.perf_counter
+        recorder = self.recorder
+        fixed = recorder(route) if route is not None else None
 
-        @web.middleware
-        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async def counted(request: web.Request) -> web.StreamResponse:
             start = perf_counter()
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else await path_route(request)
+            record = fixed if fixed is not None else recorder(await path_route(request))
             status = 500  # an exception that escapes every handler becomes aiohttp's 500
             try:
-                response = await (handler(request) if inner is None else inner(request, handler))
+                response = await handler(request)
                 status = response.status
                 return response
             except web.HTTPException as exc:
@@ -136,19 +157,18 @@ class HttpMetrics:
                 status = 499  # nginx's "client closed request": no response was sent
                 raise
             finally:
-                record(route, status, perf_counter() - start)
+                record(status, perf_counter() - start)
 
-        observe.http_metrics = self  # type: ignore[attr-defined]
-        return observe
+        return counted
 
 
 async def path_route(request: web.Request) -> str:
     """The pattern of the route whose path matched when its method did not (a 405, a CORS
-    preflight), else ``unmatched``: still never the raw path (the counting middleware's label
-    for requests no route took)."""
+    preflight), else ``unmatched``: still never the raw path (the counting's label for requests
+    no route took; the resource that did take it, a catch-all, is skipped)."""
     for resource in request.app.router.resources():
-        _, allowed = await resource.resolve(request)
-        if allowed:
+        match, allowed = await resource.resolve(request)
+        if match is None and allowed:
             return resource.canonical
     return "unmatched"
 

@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from service.core.snapshot import ChainSnapshot
-from service.http import CONTEXT, ApiError, not_modified, resolve_chain, symbol_param
+from service.http import CONTEXT, ApiError, Routes, not_modified, resolve_chain, symbol_param
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
@@ -257,8 +257,8 @@ async def option_chain_v3(request: web.Request) -> web.StreamResponse:
     return _respond(request, body, etag)
 
 
-def add_routes(app: web.Application) -> None:
-    app[NSE_CACHE] = NseCache()
-    app.router.add_get("/api/option-chain-indices", option_chain_indices)
-    app.router.add_get("/api/option-chain-contract-info", option_chain_contract_info)
-    app.router.add_get("/api/option-chain-v3", option_chain_v3)
+def add_routes(routes: Routes) -> None:
+    routes.app[NSE_CACHE] = NseCache()
+    routes.get("/api/option-chain-indices", option_chain_indices)
+    routes.get("/api/option-chain-contract-info", option_chain_contract_info)
+    routes.get("/api/option-chain-v3", option_chain_v3)

@@ -9,10 +9,13 @@ beyond the documented 503s and that every error is the documented ``Error`` body
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from service.http import Routes
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
@@ -239,5 +242,5 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
     return web.Response(body=_BODY, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi_json)
+def add_routes(routes: Routes) -> None:
+    routes.get("/openapi.json", openapi_json)

@@ -48,7 +48,7 @@ from aiohttp import web
 
 from service.core.chains import ChainSource
 from service.core.snapshot import ChainSnapshot
-from service.http import ApiError, HttpContext, resolve_chain
+from service.http import ApiError, HttpContext, Routes, resolve_chain
 from service.settings import HttpSettings
 from service.tasks import Child, Supervisor
 
@@ -304,8 +304,10 @@ class ChainStreams:
                 one_event_in_flight(transport)
             await resp.prepare(request)
             await self._serve(request, resp, feed, cursor)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the client went away (or the server is stopping)
+        except ConnectionError:
+            pass  # the client went away
+        # A cancellation (the server stopping, aiohttp dropping the handler) is passed on: the
+        # request is counted as 499 and whoever cancelled sees it done.
         finally:
             self.open -= 1
             feed.clients -= 1
@@ -373,8 +375,9 @@ async def options_stream(request: web.Request) -> web.StreamResponse:
     return await request.app[STREAMS].handle(request)
 
 
-def add_routes(app: web.Application, context: HttpContext) -> ChainStreams:
-    """Register ``/options/stream`` and the looker's lifetime on ``app``."""
+def add_routes(routes: Routes, context: HttpContext) -> ChainStreams:
+    """Register ``/options/stream`` and the looker's lifetime on the API's app."""
+    app = routes.app
     streams = ChainStreams(context.chains, context.stream or StreamConfig(), context.cors_allow_origins)
     app[STREAMS] = streams
 
@@ -387,7 +390,7 @@ def add_routes(app: web.Application, context: HttpContext) -> ChainStreams:
 
     app.cleanup_ctx.append(lifetime)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_get("/options/stream", options_stream)
+    routes.get("/options/stream", options_stream)  # counted when the stream ends
     return streams
 
 

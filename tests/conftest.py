@@ -6,11 +6,17 @@ import datetime as dt
 import os
 import socket
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from feeds.model import ChainSkeleton, FullTick, InstrumentKey, PrevCloseTick, QuoteTick
+from feeds.clock import Clock
+from feeds.model import ChainSkeleton, FullTick, InstrumentKey, PrevCloseTick, QuoteTick, Tick
 from feeds.simulator.config import SimulatorConfig
 from feeds.simulator.universe import build_universe
+
+if TYPE_CHECKING:
+    from service.core.cache import ChainCache
 
 TODAY = dt.date(2026, 11, 23)  # a Monday: NIFTY's weekly expiry is the next day
 NOW = 1_795_000_000.0  # a fixed receive instant for unit tests
@@ -83,3 +89,16 @@ def index_tick(key: InstrumentKey, ltp: float = 24000.05, *, received_at: float 
 
 def prev_close_tick(key: InstrumentKey, *, received_at: float = NOW) -> PrevCloseTick:
     return PrevCloseTick(key, 95.0, 28000, received_at)
+
+
+def priced_cache(skeleton: ChainSkeleton, clock: Clock | None = None) -> ChainCache:
+    """A cache of ``skeleton`` with data for every leg (prev close and a Full tick) and the index."""
+    from service.core.cache import ChainCache
+
+    cache = ChainCache(skeleton) if clock is None else ChainCache(skeleton, clock=clock)
+    ticks: list[Tick] = [index_tick(cache.index_keys["NIFTY"])]
+    for key, leg in cache.legs.items():
+        if leg.contract is not None:
+            ticks += [prev_close_tick(key), full_tick(key)]
+    cache.apply(ticks)
+    return cache

@@ -27,7 +27,7 @@ from service.http import HttpContext, make_app, serve_http
 from service.listen import GUARDS
 from service.metrics import Metrics
 from service.settings import HttpSettings
-from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
+from tests.conftest import NOW, priced_cache
 from tests.helpers import UNIT_S, until
 from tests.test_metrics import _unrun_feed
 
@@ -51,12 +51,7 @@ async def served(skeleton: ChainSkeleton, *, cors: tuple[str, ...] = (), api_key
                  **http: object) -> AsyncIterator[Served]:  # fmt: skip
     """The primary's HTTP app on a free port, through serve_http (the guarded listening path)."""
     clock = ManualClock(NOW)
-    cache = ChainCache(skeleton, clock=clock)
-    ticks = [index_tick(cache.index_keys["NIFTY"])]
-    for key, leg in cache.legs.items():
-        if leg.contract is not None:
-            ticks += [prev_close_tick(key), full_tick(key)]
-    cache.apply(ticks)
+    cache = priced_cache(skeleton, clock)
     lifecycle = Lifecycle()
     lifecycle.to(Phase.WARMING, "test")
     lifecycle.to(Phase.READY, "test")
@@ -65,7 +60,7 @@ async def served(skeleton: ChainSkeleton, *, cors: tuple[str, ...] = (), api_key
     chains = CacheChains(cache, Freshness(30.0, MarketCalendar(always_open=True), clock))
     app = make_app(
         HttpContext(chains, lifecycle, cors, health=health, api_keys=api_keys),
-        outer_middlewares=[metrics.http.middleware()],
+        http_metrics=metrics.http,
     )
     settings = HttpSettings(host="127.0.0.1", port=0, **http)  # type: ignore[arg-type]
     async with contextlib.AsyncExitStack() as stack:

@@ -16,7 +16,7 @@ from service.core.chains import CacheChains
 from service.core.freshness import Freshness
 from service.http import HttpContext, make_app
 from service.core.lifecycle import Lifecycle, Phase
-from tests.conftest import NOW, full_tick, index_tick, prev_close_tick
+from tests.conftest import NOW, full_tick, priced_cache
 
 LEG_FIELDS = {
     "security_id", "ltp", "ltq", "ltt", "atp", "volume", "oi", "prev_close", "prev_oi", "open", "high", "low",
@@ -38,13 +38,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def cache(skeleton: ChainSkeleton, clock: ManualClock) -> ChainCache:
-    cache = ChainCache(skeleton, clock=clock)
-    ticks = [index_tick(cache.index_keys["NIFTY"])]
-    for key, leg in cache.legs.items():
-        if leg.contract is not None:
-            ticks += [prev_close_tick(key), full_tick(key)]
-    cache.apply(ticks)
-    return cache
+    return priced_cache(skeleton, clock)
 
 
 @pytest.fixture

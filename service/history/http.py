@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -17,6 +18,9 @@ from aiohttp import web
 from service.history.model import LEG_FIELDS, ChainDay, Sample, leg_series, parse_instant, point, ist_of_us, day_of_us
 from service.history.store import HistorySource
 from service.redis.client import REDIS_ERRORS as _REDIS_ERRORS
+
+if TYPE_CHECKING:
+    from service.http import Routes
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _INTERVAL = re.compile(r"([0-9]{1,5})([smh]?)", re.ASCII)
@@ -234,7 +238,7 @@ async def live_at(request: web.Request) -> web.StreamResponse:
     return _tagged(request, body, etag or None)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/options/history", history)
-    app.router.add_get("/options/history/legs", history_legs)
-    app.router.add_get("/options/history/times", history_times)
+def add_routes(routes: Routes) -> None:
+    routes.get("/options/history", history)
+    routes.get("/options/history/legs", history_legs)
+    routes.get("/options/history/times", history_times)

@@ -447,7 +447,7 @@ async def running_replica(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) ->
                 store, lifecycle, settings.http.cors_allow_origins, stream=StreamConfig.of(settings.http),
                 api_keys=api_keys, history=opened[0] if opened is not None else None,
             ),
-            outer_middlewares=[metrics.http.middleware()] if metrics is not None else (),
+            http_metrics=metrics.http if metrics is not None else None,
         )
         if metrics is not None:
             metrics.attach_connections("api", app)

@@ -17,7 +17,7 @@ from importlib.resources.abc import Traversable
 
 from aiohttp import web
 
-from service.http import not_modified
+from service.http import Routes, not_modified
 
 STATIC: Traversable = files("service.web").joinpath("static")
 _TYPES = {
@@ -82,7 +82,7 @@ async def static(request: web.Request) -> web.StreamResponse:
     return request.app[STATIC_FILES].response(request, request.match_info["name"])
 
 
-def add_routes(app: web.Application) -> None:
-    app[STATIC_FILES] = StaticFiles()
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name:.+}", static)
+def add_routes(routes: Routes) -> None:
+    routes.app[STATIC_FILES] = StaticFiles()
+    routes.get("/", index)
+    routes.get("/static/{name:.+}", static)
