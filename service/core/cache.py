@@ -218,6 +218,26 @@ _FLOAT_AT = {name: k for k, name in enumerate(FLOAT_FIELDS)}
 _INT_AT = {name: k for k, name in enumerate(INT_FIELDS)}
 
 
+def leg_store(legs: Sequence[Leg]) -> tuple[_Columns, np.ndarray] | None:
+    """Where the state of ``legs`` is, for bulk reads (``service.core.snapshot``): the column store
+    they all share (its ``f``, float64 ``(len(FLOAT_FIELDS), capacity)`` with NaN for never received,
+    and ``i``, int64 ``(len(INT_FIELDS), capacity)`` with ``MISSING_INT``; read only) and each leg's
+    column in it. None when they do not all share one (legs the roll removed keep their own: read
+    them with ``ChainCache.leg_rows``)."""
+    if not legs:
+        return None
+    columns = legs[0]._c
+    if not all(leg._c is columns for leg in legs):
+        return None
+    return columns, np.array([leg.row for leg in legs], np.intp)
+
+
+def store_of(leg: Leg) -> _Columns:
+    """The column store holding ``leg``'s state (``leg_store``): the cache's, until the roll
+    removes the leg's chain (then all of that chain's legs get their own, together)."""
+    return leg._c
+
+
 class Chain:
     """One underlying/expiry: its strikes, its index leg, and its version."""
 

@@ -18,7 +18,10 @@ A snapshot records where each leg object lies in its body (``spans``), so
 
 A render's cost is the head, the changed legs and one copy of the body (plus its ETag), not
 one per leg; a chain whose analytics were recomputed is rebuilt leg by leg (from the previous
-body's leg objects, with the new analytics appended).
+body's leg objects, with the new analytics appended). The changed legs are encoded together,
+column-wise from the cache's columns (``_column_objects``: numpy for the derived fields, one
+orjson call per matrix, no Python work per field); ``encode_legs`` (a dict per leg) is the
+reference it equals byte for byte and the fallback for whatever the column path does not cover.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from feeds.model import IST
+from feeds.model import IST, MISSING_INT
 from service.analytics.compute import NULL_HEAD, NULL_LEG_SUFFIX, ChainAnalytics
-from service.core.cache import Chain, Leg
+from service.core.cache import FLOAT_FIELDS, INT_FIELDS, Chain, Leg, leg_store, store_of
 from service.core.freshness import ChainTimes
 
 _fromtimestamp = dt.datetime.fromtimestamp
@@ -93,6 +96,9 @@ class ChainSnapshot:
     strikes_at: int = 0  # offset of the first strike object in ``body``
     # Per slot, the CRC-32 of its object (uint32; ``_etag``).
     digests: np.ndarray = field(default_factory=_no_digests, repr=False, compare=False)
+    # The primary's: where each slot's leg state is in the cache's columns (``_Columnar``), kept
+    # from render to render with ``legs``; None until a render needs it.
+    columnar: Any = field(default=None, repr=False, compare=False)
 
     def leg(self, slot: int) -> bytes | None:
         """The leg object at ``slot`` (2 × strike index, + 1 for PE) exactly as in the body; None: no contract."""
@@ -267,6 +273,274 @@ def encode_legs(legs: Sequence[Leg], rows: Sequence[tuple[Any, ...]]) -> tuple[m
     return memoryview(blob), bounds
 
 
+# ---------------------------------------------------------------- many legs from the cache's columns
+#
+# ``encode_legs`` costs a dict and its serialisation per leg (~4.5 µs). Legs that share the cache's
+# columns are encoded column-wise instead: their state gathered as two matrices (one ``take`` each),
+# the derived fields computed with numpy, each matrix written by ONE ``orjson.dumps`` (orjson writes
+# a float64 element exactly as the same Python float, and NaN and inf as null, as it writes
+# round()'s inf and nan) and split into tokens, and the tokens interleaved with the keys by list
+# slice assignment and joined: no Python work per field. The result is byte for byte
+# ``encode_legs``' (tests/test_snapshot.py); legs the column path does not cover exactly (detached
+# from the cache's columns, a security id that is not an int64, OI beyond ±2^62) go to ``encode_legs``.
+
+# The float matrix: change, change_pct, oi_change_pct, then the stored fields (FLOAT_FIELDS, whose
+# last, updated_at, is written as text, not dumped).
+_DERIVED = ("change", "change_pct", "oi_change_pct")
+_F_ROWS = (*_DERIVED, *FLOAT_FIELDS)
+_F_ROW = {name: r for r, name in enumerate(_F_ROWS)}
+_F_DUMPED = len(_F_ROWS) - 1
+# The int matrix: security_id, oi_change, then the stored fields (INT_FIELDS; ltt is written as text).
+_I_ROWS = ("security_id", "oi_change", *INT_FIELDS)
+_I_ROW = {name: r for r, name in enumerate(_I_ROWS)}
+# Derived, rounded as ``_round4`` (change) and ``_round2`` (the percentages): their scales.
+_SCALES = np.array([[10000.0], [100.0], [100.0]])
+_ROUNDERS = (_round4, _round2, _round2)
+_MISSING = np.int64(MISSING_INT)
+_OI_LIMIT = np.int64(2**62)  # below it, oi − prev_oi is exact in int64 and is never MISSING_INT
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_BOOL_TOKENS = (b"false", b"true")
+
+# One leg's object: a key fragment before each value token, then the closing brace (values at odd
+# places). A trade time takes two places: its minute's text and its second's (``_ltt_text``).
+_LEG_PARTS: list[bytes | None] = []
+for _i, _name in enumerate(_LEG_KEYS):
+    _LEG_PARTS += [(b"{" if _i == 0 else b",") + orjson.dumps(_name) + b":", None]
+    if _name == "ltt":
+        _LEG_PARTS.append(b"")
+_LEG_PARTS.append(b"\0")  # in place of the closing brace: a byte no JSON text here has, to split on
+_WIDTH = len(_LEG_PARTS)
+_AT = {name: _LEG_PARTS.index((b"{" if i == 0 else b",") + orjson.dumps(name) + b":") + 1
+       for i, name in enumerate(_LEG_KEYS)}  # fmt: skip
+del _i, _name
+# Which dumped rows go where: (row, place in _LEG_PARTS).
+_F_PLACES = tuple((r, _AT[name]) for r, name in enumerate(_F_ROWS[:_F_DUMPED]))
+_I_PLACES = tuple((r, _AT[name]) for r, name in enumerate(_I_ROWS) if name != "ltt")
+
+# Trade times (whole epoch seconds, as ``_ltt_text`` writes them) as two tokens: ``"YYYY-MM-DDTHH:MM:``
+# per minute (memoised) and ``SS+05:30"`` per second. Receive times (float epoch seconds) as their
+# quoted text (memoised: the legs of a batch share one).
+_minute_tokens: dict[int, bytes] = {}
+_SECOND_TOKENS = tuple(f'{text}"'.encode() for text in _SECONDS)
+_updated_tokens: dict[float, bytes] = {}
+
+
+def _minute_token(minute: int) -> bytes:
+    return f'"{_ist_text(minute * 60)[:17]}'.encode()  # ASCII: nothing to escape
+
+
+def _updated_token(epoch_s: float) -> bytes:
+    return f'"{_ist_text(epoch_s)}"'.encode()
+
+
+def _ltt_tokens(ltt: np.ndarray) -> tuple[list[bytes], list[bytes]]:
+    """Per leg its trade time's two tokens (null and b"" when missing)."""
+    minute, second = np.divmod(ltt, 60)
+    usual = (ltt >= 0) & (ltt <= _WHOLE_SECONDS_MAX)
+    if usual.all():
+        seconds = [_SECOND_TOKENS[s] for s in second.tolist()]
+        return _memo_tokens(minute.tolist(), _minute_tokens, _minute_token), seconds
+    minutes = _memo_tokens(np.where(usual, minute, 0).tolist(), _minute_tokens, _minute_token)
+    seconds = [_SECOND_TOKENS[s] for s in second.tolist()]
+    for j in np.flatnonzero(~usual).tolist():
+        value = int(ltt[j])
+        minutes[j] = _NULL if value == MISSING_INT else _dumps_raw(_ltt_text(value))  # the text in full
+        seconds[j] = b""
+    return minutes, seconds
+
+
+def _memo_tokens(values: list[Any], memo: dict[Any, bytes], make: Callable[[Any], bytes]) -> list[bytes]:
+    """Per value its token, ``make(v)``, memoised in ``memo`` (bounded: cleared when full); each new
+    value made once (the legs of a batch share their receive time, many their trade minute). NaN: null."""
+    get = memo.get
+    found = [get(v) for v in values]
+    if None in found:
+        new = {v for v, token in zip(values, found) if token is None and v == v}
+        if len(memo) + len(new) > _IST_MEMO_MAX:
+            memo.clear()
+        for v in new:
+            memo[v] = make(v)
+        found = [get(v, _NULL) if token is None else token for v, token in zip(values, found)]
+    return found
+
+
+def _derived(floats: np.ndarray, ints: np.ndarray) -> bool:
+    """Fill in change, change_pct, oi_change_pct (floats) and oi_change (ints) as ``encode_legs``
+    computes them. False when OI is beyond ±2^62 (Python's ints do not overflow; int64 may)."""
+    out = floats[:3]  # change, change_pct, oi_change_pct
+    ltp, prev_close = floats[_F_ROW["ltp"]], floats[_F_ROW["prev_close"]]
+    oi, prev_oi = ints[_I_ROW["oi"]], ints[_I_ROW["prev_oi"]]
+    with_oi = (oi != _MISSING) & (prev_oi != _MISSING)
+    priced = not np.isnan(prev_close).all()
+    counted = with_oi.any()
+    with np.errstate(all="ignore"):
+        if priced:
+            np.subtract(ltp, prev_close, out=out[0])
+            np.multiply(out[0], 100.0, out=out[1])  # 100.0 * (ltp - prev_close) / prev_close, in that order
+            np.divide(out[1], np.where(prev_close > 0, prev_close, np.nan), out=out[1])  # else None: null
+        else:
+            out[:2] = np.nan
+        if counted:
+            if ((np.abs(oi) | np.abs(prev_oi)) >= _OI_LIMIT).any():  # abs(MISSING_INT) is negative: not counted
+                return False
+            oi_moved = oi - prev_oi  # exact: |oi|, |prev_oi| < 2^62
+            ints[_I_ROW["oi_change"]] = np.where(with_oi, oi_moved, _MISSING)
+            np.multiply(oi_moved, 100.0, out=out[2])  # int64 → float64 correctly rounded, as Python's int * float
+            np.divide(out[2], np.where(with_oi & (prev_oi > 0), prev_oi, np.nan), out=out[2])
+        else:
+            ints[_I_ROW["oi_change"]] = _MISSING
+            out[2] = np.nan
+        # _round4 / _round2: k = rint(x · 10^d) (half to even, keeping the sign of zero, so k / 10^d
+        # is copysign(0.0, x) when k is 0) where |x · 10^d| < 2^40 and it is at least 0.001 from a
+        # tie; the scalar function for other finite values. Non-finite values stay non-finite: null,
+        # as orjson writes round() of inf and nan.
+        if priced or counted:
+            lo, hi = (0 if priced else 2), (3 if counted else 2)
+            x, scales = out[lo:hi], _SCALES[lo:hi]
+            n = x * scales
+            k = np.rint(n)
+            fast = (np.abs(n) < _ROUND_LIMIT) & (np.abs(n - k) < 0.499)
+            rounded = k / scales
+            slow = ~fast
+            slow &= np.isfinite(x)
+            if slow.any():
+                for r, j in zip(*(where.tolist() for where in np.nonzero(slow))):
+                    rounded[r, j] = _ROUNDERS[lo + r](float(x[r, j]))
+            x[...] = rounded
+    return True
+
+
+class _Columnar:
+    """Per leg slot of a chain's body, where its state is in the cache's column store (``rows``,
+    -1: no contract) and its security id (``ids``): what the column path reads per render without
+    touching the legs. Built once per chain layout (again if its legs moved to another store);
+    ``usable`` False: the legs are not all in ``store`` or an id is not an int64 (``encode_legs``)."""
+
+    __slots__ = ("store", "rows", "ids", "usable")
+
+    def __init__(self, store: Any, rows: np.ndarray, ids: np.ndarray, usable: bool) -> None:
+        self.store, self.rows, self.ids, self.usable = store, rows, ids, usable
+
+
+def _int64_ids(ids: list[Any]) -> bool:
+    """Security ids the int matrix writes as ``encode_legs`` does (MISSING_INT would read as null)."""
+    return all(id_.__class__ is int and MISSING_INT < id_ <= _INT64_MAX for id_ in ids)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _columnar(legs: tuple[Leg | None, ...]) -> _Columnar:
+    real = [leg for leg in legs if leg is not None]
+    found = leg_store(real)
+    ids = [leg.key[1] for leg in real]
+    store = store_of(real[0]) if real else None
+    if found is None or not _int64_ids(ids):
+        return _Columnar(store, np.zeros(0, np.intp), np.zeros(0, np.int64), False)
+    where = np.array([slot for slot, leg in enumerate(legs) if leg is not None], np.intp)
+    rows = np.full(len(legs), -1, np.intp)
+    rows[where] = found[1]
+    slot_ids = np.zeros(len(legs), np.int64)
+    slot_ids[where] = ids
+    return _Columnar(store, rows, slot_ids, True)
+
+
+def _column_objects(store: Any, rows: np.ndarray, ids: np.ndarray, legs: Sequence[Leg]) -> list[bytes] | None:
+    """The objects of ``legs`` (their columns ``rows`` in ``store``, their security ``ids``: int64)
+    without their closing brace; None when the column path does not cover them exactly (OI beyond ±2^62)."""
+    n = len(legs)
+    floats = np.empty((len(_F_ROWS), n))
+    ints = np.empty((len(_I_ROWS), n), np.int64)
+    store.f.take(rows, axis=1, out=floats[len(_DERIVED) :])
+    store.i.take(rows, axis=1, out=ints[2:])
+    ints[0] = ids
+    if not _derived(floats, ints):
+        return None
+    parts = _LEG_PARTS * n
+    nulls = [_NULL] * n
+    # Rows with nothing in them (a field no leg has, e.g. prev_close before its packet) are null
+    # without being written; the others are written by one orjson call per matrix.
+    dumped = floats[:_F_DUMPED]
+    empty = np.isnan(dumped).all(axis=1).tolist()
+    if any(empty):
+        full = [r for r, nothing in enumerate(empty) if not nothing]
+        dumped = dumped[full]
+    tokens = _dumps_raw(dumped.ravel(), option=_NUMPY)[1:-1].split(b",")
+    k = 0
+    for r, at in _F_PLACES:
+        if empty[r]:
+            parts[at::_WIDTH] = nulls
+        else:
+            parts[at::_WIDTH] = tokens[k * n : (k + 1) * n]
+            k += 1
+    missing = ints == _MISSING
+    counts = np.count_nonzero(missing, axis=1).tolist()
+    full = [r for r, at in _I_PLACES if counts[r] < n]
+    tokens = _dumps_raw(ints[full].ravel(), option=_NUMPY)[1:-1].split(b",") if full else []
+    k = 0
+    for r, at in _I_PLACES:
+        if counts[r] == n:
+            parts[at::_WIDTH] = nulls
+            continue
+        row = tokens[k * n : (k + 1) * n]
+        k += 1
+        if counts[r]:
+            for j in np.flatnonzero(missing[r]).tolist():
+                row[j] = _NULL
+        parts[at::_WIDTH] = row
+    at = _AT["ltt"]
+    parts[at::_WIDTH], parts[at + 1 :: _WIDTH] = _ltt_tokens(ints[_I_ROW["ltt"]])
+    updated = floats[_F_ROW["updated_at"]]
+    if updated[0] == updated[-1] and (updated == updated[0]).all():  # one batch's legs: one receive time
+        parts[_AT["updated_at"] :: _WIDTH] = _memo_tokens(updated[:1].tolist(), _updated_tokens, _updated_token) * n
+    else:
+        parts[_AT["updated_at"] :: _WIDTH] = _memo_tokens(updated.tolist(), _updated_tokens, _updated_token)
+    parts[_AT["stale"] :: _WIDTH] = [_BOOL_TOKENS[leg.stale] for leg in legs]
+    one_sided = np.isnan(floats[_F_ROW["bid"]]) | np.isnan(floats[_F_ROW["ask"]])
+    parts[_AT["two_sided"] :: _WIDTH] = [_BOOL_TOKENS[not b] for b in one_sided.tolist()]
+    bases = b"".join(parts).split(b"\0")
+    bases.pop()  # after the last separator
+    return bases
+
+
+_COLUMNS_MIN = 40  # fewer legs: encode_legs is cheaper than the column path's fixed cost (~100 µs of numpy calls)
+
+
+def _objects(legs: Sequence[Leg], leg_rows: LegRows, columnar: _Columnar | None = None,
+             slots: np.ndarray | None = None) -> list[Any]:  # fmt: skip
+    """Per leg its ``encode_legs`` object without the closing brace (bytes or a memoryview),
+    column-wise where it can. ``columnar`` and the legs' ``slots`` in it: their rows and ids, else
+    read from the legs."""
+    if len(legs) >= _COLUMNS_MIN:
+        found = None
+        if columnar is not None and slots is not None:
+            if columnar.usable and store_of(legs[0]) is columnar.store:  # a chain's legs move together
+                found = _column_objects(columnar.store, columnar.rows[slots], columnar.ids[slots], legs)
+        else:
+            store = leg_store(legs)
+            ids = [leg.key[1] for leg in legs]
+            if store is not None and _int64_ids(ids):
+                found = _column_objects(store[0], store[1], np.array(ids, np.int64), legs)
+        if found is not None:
+            return found
+    view, bounds = encode_legs(legs, leg_rows(legs))
+    return [view[bounds[i] : bounds[i + 1]] for i in range(0, len(bounds), 2)]
+
+
+def encode_many(legs: Sequence[Leg], leg_rows: LegRows | None = None) -> tuple[bytes, list[int]]:
+    """``encode_legs(legs, leg_rows(legs))``: the same objects, one after another in a buffer of its
+    own, and per leg where its object starts and where its closing brace is. Column-wise where the
+    legs share the cache's columns."""
+    bases = _objects(legs, _rows_of if leg_rows is None else leg_rows)
+    bounds: list[int] = []
+    at = 0
+    for base in bases:
+        at += len(base)
+        bounds += (at - len(base), at)
+        at += 1
+    return b"}".join(bases) + b"}" if bases else b"", bounds
+
+
 def leg_json(leg: Leg) -> bytes:
     """The leg's JSON object as it appears in the body (and in Redis), encoded once per change:
     kept in ``leg.doc`` until a render puts it into the body, then read from the body."""
@@ -354,9 +628,10 @@ def _assemble(
 
 def _snapshot(underlying: str, expiry: dt.date, version: int, times: ChainTimes, head: dict[str, Any], body: bytes,
               strikes: tuple[float, ...], spans: np.ndarray, analytics: ChainAnalytics | None,
-              legs: tuple[Leg | None, ...], strikes_at: int, digests: np.ndarray) -> ChainSnapshot:  # fmt: skip
+              legs: tuple[Leg | None, ...], strikes_at: int, digests: np.ndarray,
+              columnar: Any = None) -> ChainSnapshot:  # fmt: skip
     return ChainSnapshot(underlying, expiry, version, times.stale, body, _etag(body, strikes_at, strikes, digests), times,
-                         head, strikes, spans, analytics, legs, strikes_at, digests)  # fmt: skip
+                         head, strikes, spans, analytics, legs, strikes_at, digests, columnar)  # fmt: skip
 
 
 def _etag(body: bytes, strikes_at: int, strikes: tuple[float, ...], digests: np.ndarray) -> str:
@@ -434,15 +709,16 @@ def render(chain: Chain, times: ChainTimes, leg_rows: LegRows | None = None) -> 
     else:
         legs = tuple(leg for _, ce, pe in chain.rows for leg in (ce, pe))
         strikes = tuple(strike for strike, _, _ in chain.rows)
+    columnar = last.columnar if last is not None and last.legs else None
     if last is not None and last.legs and last.analytics is analytics:
-        body, spans, digests, taken = _patch(last, opening, legs, leg_rows)
+        body, spans, digests, taken, columnar = _patch(last, opening, legs, leg_rows, columnar)
     else:
         body, spans = _rebuild(last if last is not None and last.legs else None, opening, strikes, legs, analytics,
                                leg_rows)  # fmt: skip
         digests = _digests(body, spans)
         taken = [leg for leg in legs if leg is not None]
     snap = _snapshot(chain.underlying, chain.expiry, chain.version, times, head, body, strikes, spans, analytics,
-                     legs, len(opening), digests)  # fmt: skip
+                     legs, len(opening), digests, columnar)  # fmt: skip
     chain.rendered = snap
     for leg in taken:
         leg.doc = IN_BODY  # its current JSON is in snap.body now
@@ -465,8 +741,7 @@ def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, .
     unencoded = [leg for leg in legs if leg is not None and (leg.doc is None or (leg.doc is IN_BODY and old is None))]
     fresh: dict[Leg, memoryview] = {}
     if len(unencoded) <= _BULK_MAX:
-        blob, bounds = encode_legs(unencoded, leg_rows(unencoded))
-        fresh = {leg: blob[bounds[2 * i] : bounds[2 * i + 1]] for i, leg in enumerate(unencoded)}
+        fresh = dict(zip(unencoded, _objects(unencoded, leg_rows)))
 
     def pieces() -> Iterator[tuple[Any, Any] | None]:
         for slot, leg in enumerate(legs):
@@ -490,52 +765,49 @@ def _rebuild(last: ChainSnapshot | None, opening: bytes, strikes: tuple[float, .
 
 
 def _patch(
-    last: ChainSnapshot, opening: bytes, legs: tuple[Leg | None, ...], leg_rows: LegRows
-) -> tuple[bytes, np.ndarray, np.ndarray, list[Leg]]:
+    last: ChainSnapshot, opening: bytes, legs: tuple[Leg | None, ...], leg_rows: LegRows, columnar: _Columnar | None
+) -> tuple[bytes, np.ndarray, np.ndarray, list[Leg], _Columnar | None]:
     """The last body with a new opening and the changed legs' objects replaced (same analytics):
-    the runs between changed legs are copied as one piece each. Also returns the digests and
-    the changed legs."""
+    the runs between changed legs are copied as one piece each. Also returns the digests, the
+    changed legs and the slots' ``_Columnar`` (built on first need, rebuilt if the legs moved)."""
     changed = [slot for slot, leg in enumerate(legs) if leg is not None and leg.doc is not IN_BODY]
     old = memoryview(last.body)
     spans = last.spans
     cursor = last.strikes_at
     shift = len(opening) - cursor
-    parts: list[Any] = [opening]
-    append = parts.append
     if not changed:
-        append(old[cursor:])
-        return b"".join(parts), spans + shift if shift else spans, last.digests, []
+        return b"".join((opening, old[cursor:])), spans + shift if shift else spans, last.digests, [], columnar
     taken: list[Leg] = [legs[slot] for slot in changed]  # type: ignore[misc]
-    # Every changed leg's new object from one encoder call (legs the mirror already encoded keep theirs).
-    unencoded = [leg for leg in taken if leg.doc is None]
-    blob, bounds = encode_legs(unencoded, leg_rows(unencoded))
-    fresh = iter(range(0, len(bounds), 2))
     at = np.array(changed, np.intp)
-    base_lens: list[int] = []
-    deltas: list[int] = []
-    for leg, (start, suffix_at, end) in zip(taken, spans[at].tolist()):
-        doc = leg.doc
-        if doc is None:
-            i = next(fresh)
-            base = blob[bounds[i] : bounds[i + 1]]
-        else:
-            base = memoryview(doc)[:-1]
-        n = len(base)
-        append(old[cursor:start])
-        append(base)
-        append(old[suffix_at:end])  # the analytics suffix, unchanged
-        cursor = end
-        base_lens.append(n)
-        deltas.append(n - (suffix_at - start))
-    append(old[cursor:])
+    # Every changed leg's new object without its closing brace, from one encoder call (legs the
+    # mirror already encoded keep theirs).
+    kept = [leg.doc for leg in taken]
+    mixed = kept.count(None) != len(kept)
+    unencoded = [leg for leg, doc in zip(taken, kept) if doc is None] if mixed else taken
+    slots = at[[doc is None for doc in kept]] if mixed else at
+    if len(unencoded) >= _COLUMNS_MIN and (columnar is None or store_of(unencoded[0]) is not columnar.store):
+        columnar = _columnar(legs)
+    bases = _objects(unencoded, leg_rows, columnar, slots)
+    if mixed:
+        fresh = iter(bases)
+        bases = [next(fresh) if doc is None else memoryview(doc)[:-1] for doc in kept]
+    base_lens = np.array([len(base) for base in bases], np.intp)
+    start, suffix_at, end = spans.take(at, axis=0).T
+    # The body: the opening, then per changed leg the unchanged run before it (from the previous
+    # changed leg's analytics suffix on) and its new base, then the rest.
+    parts: list[Any] = [opening] * (2 * len(changed) + 2)
+    parts[1::2] = [old[a:b] for a, b in zip([cursor, *suffix_at.tolist()], [*start.tolist(), len(old)])]
+    parts[2::2] = bases
     body = b"".join(parts)
     step = np.zeros(len(legs) + 1, np.int32)
-    step[at + 1] = deltas
-    moved = spans + (np.cumsum(step[:-1], dtype=np.int32) + shift)[:, None]
-    suffix_lens = spans[at, 2] - spans[at, 1]
-    moved[at, 1] = moved[at, 0] + np.array(base_lens, np.int32)
-    moved[at, 2] = moved[at, 1] + suffix_lens
+    step[at + 1] = base_lens - (suffix_at - start)  # what each changed leg adds to the offsets after it
+    moved = spans + (np.add.accumulate(step[:-1]) + shift)[:, None]
+    new_start = moved[at, 0]
+    new_suffix_at = new_start + base_lens
+    new_end = new_suffix_at + (end - suffix_at)
+    moved[at, 1] = new_suffix_at
+    moved[at, 2] = new_end
     digests = last.digests.copy()
     new = memoryview(body)
-    digests[at] = [_crc32(new[start:end]) for start, _, end in moved[at].tolist()]
-    return body, moved, digests, taken
+    digests[at] = [_crc32(new[a:b]) for a, b in zip(new_start.tolist(), new_end.tolist())]
+    return body, moved, digests, taken, columnar
