@@ -117,6 +117,40 @@ def test_chain_without_recent_updates_is_stale_only_while_open(skeleton: ChainSk
     assert not _is_stale(freshness, chain)
 
 
+def test_a_served_snapshot_follows_the_clock_between_changes(skeleton: ChainSkeleton) -> None:
+    """``CacheChains`` hands a poller its last snapshot while nothing changed; whenever the clock
+    alone changes the body (turning stale by age, the session's close, pre-open, midnight's
+    days_to_expiry), it is the snapshot a fresh reader renders at that instant, boundaries included."""
+    from service.core.chains import CacheChains
+
+    day = dt.date(2026, 11, 17)  # a Tuesday session
+    clock = ManualClock(ist_instant(day, dt.time(10, 59, 59)) + 0.25)
+    cache = ChainCache(skeleton, clock=clock)
+    chain = _first_chain(cache)
+    cache.apply([full_tick(chain.rows[0][1].key, received_at=clock.time())])
+    cache.apply([index_tick(chain.index.key, received_at=clock.time())])
+    updated = clock.time()
+    served = CacheChains(cache, Freshness(30.0, MarketCalendar(), clock))
+    instants = [updated + d for d in (0.0, 0.5, 0.75, 1.0, 29.0, 29.998, 29.999, 30.0, 30.0001, 30.5, 31.0, 95.0)]
+    instants += [ist_instant(day, t) + d for t in (dt.time(15, 30), dt.time(23, 59, 59)) for d in (-0.001, 0.0, 0.5)]
+    instants += [ist_instant(day + dt.timedelta(days=1), t) + d for t in (dt.time(0, 0), dt.time(9, 0), dt.time(9, 15))
+                 for d in (-0.0001, 0.0, 0.9999, 1.0)]  # fmt: skip
+    seen = set()
+    for at in instants:
+        clock.set(at)
+        for _ in range(2):  # the second read is the poller's repeat: the kept snapshot
+            snap = served.snapshot(chain.underlying, chain.expiry)
+            fresh = CacheChains(cache, Freshness(30.0, MarketCalendar(), clock))
+            chain.rendered = None  # the fresh reader renders anew
+            expected = fresh.snapshot(chain.underlying, chain.expiry)
+            chain.rendered = snap
+            assert snap is not None and expected is not None
+            assert (snap.body, snap.etag) == (expected.body, expected.etag), at
+        seen.add((snap.stale, orjson.loads(snap.body)["days_to_expiry"], orjson.loads(snap.body)["market"]["state"]))
+    assert {s for s, _, _ in seen} == {True, False}  # the walk crossed the boundaries it is about
+    assert len({d for _, d, _ in seen}) == 2 and {m for _, _, m in seen} == {"open", "closed", "pre_open"}
+
+
 def test_nearest_expiry_ends_at_the_session_close(skeleton: ChainSkeleton) -> None:
     """An expiry is the nearest until its day's close (market.close_time), then the next one is."""
     expiries = ChainCache(skeleton).expiries["NIFTY"]

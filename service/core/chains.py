@@ -53,12 +53,19 @@ class ChainSource(Protocol):
         """Source-specific fields for ``/readyz`` (coverage for the primary, Redis for a replica)."""
 
 
+_SERVED_MAX = 4096  # CacheChains._served: more chains than any instrument master lists
+
+
 class CacheChains:
     """The primary's chains: snapshots rendered from the cache at most once per version."""
 
     def __init__(self, cache: ChainCache, freshness: Freshness) -> None:
         self.cache = cache
         self.freshness = freshness
+        # Per chain, its last snapshot from here and what it was rendered from: (snapshot, the
+        # chain's stale_legs and updated_at then, the instant until which its times hold). A
+        # poller's request between changes returns it after one clock read and a few compares.
+        self._served: dict[tuple[str, dt.date], tuple[ChainSnapshot, int, float | None, float]] = {}
 
     def expiries(self, underlying: str) -> Sequence[dt.date] | None:
         return self.cache.expiries.get(underlying)
@@ -67,11 +74,27 @@ class CacheChains:
         return self.freshness.nearest_expiry(self.cache.expiries.get(underlying, ()))
 
     def snapshot(self, underlying: str, expiry: dt.date) -> ChainSnapshot | None:
-        chain = self.cache.chains.get((underlying, expiry))
+        key = (underlying, expiry)
+        chain = self.cache.chains.get(key)
         if chain is None:
             return None
-        times = self.freshness.times(chain.expiry, chain.stale_legs, chain.updated_at)
-        return render(chain, times, self.cache.leg_rows)
+        served = self._served.get(key)
+        if served is not None:
+            snap, stale_legs, updated_at, until = served
+            if (
+                snap is chain.rendered
+                and snap.version == chain.version
+                and stale_legs == chain.stale_legs
+                and updated_at == chain.updated_at
+                and self.freshness.clock.time() < until
+            ):
+                return snap  # what render() would return: same version, same times
+        times, until = self.freshness.times_until(chain.expiry, chain.stale_legs, chain.updated_at)
+        snap = render(chain, times, self.cache.leg_rows)
+        if len(self._served) >= _SERVED_MAX and key not in self._served:
+            self._served.clear()  # chains roll in and out for ever: stay bounded
+        self._served[key] = (snap, chain.stale_legs, chain.updated_at, until)
+        return snap
 
     @property
     def broker(self) -> str | None:

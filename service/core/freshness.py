@@ -58,9 +58,21 @@ class Freshness:
 
     def times(self, expiry: dt.date, stale_legs: int, updated_at: float | None) -> ChainTimes:
         """Everything time-dependent in a chain's body, at one reading of the clock."""
+        return self.times_until(expiry, stale_legs, updated_at)[0]
+
+    def times_until(self, expiry: dt.date, stale_legs: int, updated_at: float | None) -> tuple[ChainTimes, float]:
+        """``times``, and an instant before which the same arguments give the same times: the end of
+        the clock's current second (calendar facts change only at whole seconds), or, for a chain
+        that would turn stale by age before then, a millisecond before it does (a margin for the
+        rounding of ``now - updated_at``). Lets a reader skip recomputing them per request."""
         now = self.clock.time()
-        today, state, next_open = self._calendar_at(int(now))
-        return ChainTimes(self._stale(stale_legs, updated_at, now), max((expiry - today).days, 0), state, next_open)
+        second = int(now)
+        today, state, next_open = self._calendar_at(second)
+        stale = self._stale(stale_legs, updated_at, now)
+        until = second + 1.0
+        if not stale and updated_at is not None:
+            until = min(until, updated_at + self.stale_after_s - 0.001)
+        return ChainTimes(stale, max((expiry - today).days, 0), state, next_open), until
 
     def _calendar_at(self, second: int) -> tuple[dt.date, str, dt.datetime | None]:
         """(today in IST, market state, next open) at the whole second ``second``: every boundary
