@@ -1,10 +1,10 @@
 """HTTP serving: the service's app on a chain under ticks, a bare aiohttp handler, a load client.
 
 ``ServingApp`` is the primary's HTTP stack as ``service.app`` composes it (``make_app`` over
-``CacheChains``, the metrics middleware outside, access log off, the option-analytics runner
+``CacheChains``, its request counting, access log off, the option-analytics runner
 where the service has one) on one NIFTY expiry of 251 strikes, with a ticker on the same
-event loop applying Full ticks to random legs of that chain through ``Ingest.on_ticks``, in
-a batch every 5 ms, as the feed would.
+event loop applying Full ticks to random legs of that chain, in a batch every 5 ms, as the
+Dhan feed hands them over: a ``FullTickBatch`` (the decoder's columns) to ``Ingest.on_batch``.
 
 ``BareServer`` is the floor: one aiohttp handler returning pre-built bytes of the same
 length with the same headers (and a 304 when ``If-None-Match`` is the ETag), no middleware.
@@ -23,11 +23,12 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from bench.roles.feed import universe_config
 from bench.timing import percentile
-from feeds.model import FullTick, Tick
+from feeds.model import FULL_BATCH_COLUMNS, FullTick, FullTickBatch, pack_key
 from feeds.simulator.universe import build_universe
 from service.core.cache import ChainCache
 from service.core.chains import CacheChains
@@ -76,7 +77,10 @@ class ServingApp:
         self.ingest.on_ticks([_ticks([index], 1, 2)[0]])
         assert self.ingest.gate.is_set()
         self.lifecycle.to(Phase.READY, "bench")
-        self.pool = _ticks(keys, 8192, 3)
+        pool = _ticks(keys, 8192, 3)
+        columns = [[getattr(t, name) for t in pool] for name in FULL_BATCH_COLUMNS]
+        self.pool = FullTickBatch([pack_key(t.key) for t in pool], columns, [t.total_sell_qty for t in pool],
+                                  [t.total_buy_qty for t in pool], 0.0)  # fmt: skip
         self.rate = rate
         self.expiry = next(iter(self.cache.chains))[1]
         self.chains = CacheChains(self.cache, Freshness(STALE_AFTER_S, MarketCalendar(always_open=True)))
@@ -96,7 +100,7 @@ class ServingApp:
             self._analytics = await AnalyticsRunner(self.cache, AnalyticsSettings()).__aenter__()
         app = make_app(
             HttpContext(self.chains, self.lifecycle, health=self.health),
-            outer_middlewares=[self.metrics.http.middleware()],
+            http_metrics=self.metrics.http,
         )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -133,7 +137,8 @@ class ServingApp:
         return self._applied / (time.perf_counter() - self._ticking_since)
 
     async def _tick(self) -> None:
-        pool, n, on_ticks = self.pool, len(self.pool), self.ingest.on_ticks
+        pool, n, on_batch = self.pool, len(self.pool), self.ingest.on_batch
+        sell, buy = np.asarray(pool.total_sell_qty), np.asarray(pool.total_buy_qty)
         i = 0
         start = time.perf_counter()
         while True:
@@ -141,10 +146,10 @@ class ServingApp:
             due = int(self.rate * (time.perf_counter() - start)) - self._applied
             if due <= 0:
                 continue
-            now = time.time()
-            batch: list[Tick] = [FullTick(*pool[(i + k) % n][:-1], now) for k in range(due)]
+            at = (i + np.arange(due)) % n
             i = (i + due) % n
-            on_ticks(batch)
+            on_batch(FullTickBatch.from_arrays(pool.keys[at], pool.prices[:, at], pool.ints[:, at], sell[at], buy[at],
+                                               time.time()))  # fmt: skip
             self._applied += due
 
     async def stop(self) -> None:

@@ -1,7 +1,7 @@
 """Scenario "push": 1,000 SSE streams of one 251-strike chain at 20,000 ticks/s, vs 1,000 pollers.
 
 Two processes: the service's HTTP stack (``bench.roles.push.PushApp``: ``make_app`` over
-``CacheChains``, metrics middleware, analytics, a ticker applying 20,000 Full ticks/s to the
+``CacheChains``, request counting, analytics, a ticker applying 20,000 Full ticks/s to the
 chain) and the clients. Each round measures, for the same time with ticks flowing:
 
 * streams: ``STREAMS`` connections to ``/options/stream`` (``bench.roles.push.StreamClients``);

@@ -5,10 +5,10 @@ HTTP/1.1 client on raw asyncio protocols, ``bench.roles.http.LoadClient``) with
 ``CONNECTIONS`` sockets each sending its next request as soon as the last response is
 complete, for a fixed time per run. The OS spreads the three over the two cores.
 
-* ours: the service's HTTP stack (``make_app`` over ``CacheChains``, metrics middleware) on
+* ours: the service's HTTP stack (``make_app`` over ``CacheChains``, request counting) on
   one NIFTY expiry of 251 strikes (502 legs + the index), while a ticker on the same event
-  loop applies 20,000 Full ticks/s to random legs of that chain through ``Ingest.on_ticks``
-  (a batch every 5 ms, so the chain has a new version every 5 ms and is re-rendered on the
+  loop applies 20,000 Full ticks/s to random legs of that chain through ``Ingest.on_batch``
+  as the Dhan client hands them over (a batch every 5 ms, so the chain has a new version every 5 ms and is re-rendered on the
   next request after each).
 * baseline: one aiohttp handler returning pre-built bytes of the same length with the same
   headers, no middleware, no ticks.
