@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -152,26 +153,24 @@ def _interval_out(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-async def history(request: web.Request) -> web.StreamResponse:
+async def _per_sample(request: web.Request, name: str, of: Callable[[Sample], object]) -> web.StreamResponse:
+    """The chain's samples in the asked window, as ``name``: one ``of(sample)`` each."""
     source = _source(request)
     underlying, expiry = _chain(request)
     samples, interval_s = await _window(request, source, underlying, expiry)
     body = orjson.dumps({
         "underlying": underlying, "expiry": expiry, "interval_s": _interval_out(interval_s),
-        "points": [point(s) for s in samples],
+        name: [of(s) for s in samples],
     })  # fmt: skip
     return _tagged(request, body)
+
+
+async def history(request: web.Request) -> web.StreamResponse:
+    return await _per_sample(request, "points", point)
 
 
 async def history_times(request: web.Request) -> web.StreamResponse:
-    source = _source(request)
-    underlying, expiry = _chain(request)
-    samples, interval_s = await _window(request, source, underlying, expiry)
-    body = orjson.dumps({
-        "underlying": underlying, "expiry": expiry, "interval_s": _interval_out(interval_s),
-        "t": [ist_of_us(s.t_us) for s in samples],
-    })  # fmt: skip
-    return _tagged(request, body)
+    return await _per_sample(request, "t", lambda s: ist_of_us(s.t_us))
 
 
 async def history_legs(request: web.Request) -> web.StreamResponse:
